@@ -1,0 +1,335 @@
+//! Persistence policy: *whether* and *how* a range is made durable.
+//!
+//! Everything above this module (the heap engine, pools, collections) persists through the
+//! [`Persist`] trait and never executes a flush instruction itself, so the same code runs
+//!
+//! - on real persistent memory ([`Hardware`] with a CPU flush method),
+//! - on a page-cache mapping ([`Hardware`] with [`FlushMethod::Msync`]),
+//! - as a volatile heap ([`NoPersist`], which compiles to nothing),
+//! - under the crash simulator ([`crate::sim::SimPersist`], feature `crash-sim`).
+//!
+//! The contract of the trait is the media model of docs/format.md: data written to a range is
+//! durable once the range has been *flushed* and a *drain* (fence) has followed. A flush alone
+//! orders nothing; stores after a flush may or may not be included in it.
+
+use crate::flush::{self, FlushMethod};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Copies of at least this many bytes use non-temporal stores (default 256, like libpmem).
+static MOVNT_THRESHOLD: AtomicUsize = AtomicUsize::new(DEFAULT_MOVNT_THRESHOLD);
+
+/// Default threshold above which [`Persist::memcpy_persist`] uses non-temporal stores.
+pub const DEFAULT_MOVNT_THRESHOLD: usize = 256;
+
+/// Environment variable read once by [`init_from_env`] to set the non-temporal threshold.
+pub const MOVNT_THRESHOLD_ENV: &str = "PMEM_ALLOC_MOVNT_THRESHOLD";
+
+/// Sets the size from which copies and fills use non-temporal stores (process-wide).
+///
+/// # Examples
+/// ```
+/// pmem_alloc::persist::set_movnt_threshold(1024);
+/// assert_eq!(pmem_alloc::persist::movnt_threshold(), 1024);
+/// pmem_alloc::persist::set_movnt_threshold(pmem_alloc::persist::DEFAULT_MOVNT_THRESHOLD);
+/// ```
+pub fn set_movnt_threshold(bytes: usize) {
+    MOVNT_THRESHOLD.store(bytes, Ordering::Relaxed);
+}
+
+/// The current non-temporal threshold.
+pub fn movnt_threshold() -> usize {
+    MOVNT_THRESHOLD.load(Ordering::Relaxed)
+}
+
+/// Applies [`MOVNT_THRESHOLD_ENV`] if it is set to a number; returns the threshold in force.
+pub fn init_from_env() -> usize {
+    if let Some(v) = std::env::var(MOVNT_THRESHOLD_ENV).ok().and_then(|v| v.parse().ok()) {
+        set_movnt_threshold(v);
+    }
+    movnt_threshold()
+}
+
+/// A persistence policy. See the module documentation for the media model.
+///
+/// # Safety (for implementors)
+/// This trait is safe to implement; the *methods* are unsafe to call because they take raw
+/// ranges. Implementations must not write to the ranges they are asked to flush.
+pub trait Persist: Send + Sync + std::fmt::Debug {
+    /// Starts writing back every cache line overlapping `addr..addr+len`. Not ordered: call
+    /// [`Persist::drain`] before relying on it.
+    ///
+    /// # Safety
+    /// The range must lie in memory mapped by this process (for the simulator: in its region).
+    unsafe fn flush(&self, addr: *const u8, len: usize);
+
+    /// Waits until every earlier flush and non-temporal store is durable (a store fence).
+    fn drain(&self);
+
+    /// `flush` + `drain`.
+    ///
+    /// # Safety
+    /// As [`Persist::flush`].
+    #[inline]
+    unsafe fn persist(&self, addr: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.flush(addr, len) };
+        self.drain();
+    }
+
+    /// Copies `len` bytes and flushes the destination, without the final drain.
+    ///
+    /// # Safety
+    /// `src` valid for reads and `dst` for writes of `len` bytes, not overlapping; `dst` in
+    /// mapped memory as for [`Persist::flush`].
+    unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, dst, len);
+            self.flush(dst, len);
+        }
+    }
+
+    /// Fills `len` bytes with `byte` and flushes them, without the final drain.
+    ///
+    /// # Safety
+    /// `dst` valid for writes of `len` bytes, in mapped memory.
+    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            std::ptr::write_bytes(dst, byte, len);
+            self.flush(dst, len);
+        }
+    }
+
+    /// Copies and makes the copy durable.
+    ///
+    /// # Safety
+    /// As [`Persist::memcpy_nodrain`].
+    #[inline]
+    unsafe fn memcpy_persist(&self, dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.memcpy_nodrain(dst, src, len) };
+        self.drain();
+    }
+
+    /// Fills and makes the fill durable.
+    ///
+    /// # Safety
+    /// As [`Persist::memset_nodrain`].
+    #[inline]
+    unsafe fn memset_persist(&self, dst: *mut u8, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.memset_nodrain(dst, byte, len) };
+        self.drain();
+    }
+
+    /// Safe form of [`Persist::persist`] for memory the caller can borrow.
+    #[inline]
+    fn persist_bytes(&self, data: &[u8]) {
+        // SAFETY: a live shared reference proves the range is mapped.
+        unsafe { self.persist(data.as_ptr(), data.len()) }
+    }
+
+    /// Whether a completed persist makes data survive power loss (false for [`NoPersist`] and
+    /// for [`FlushMethod::None`]).
+    fn is_durable(&self) -> bool;
+}
+
+/// The policy for real mappings: flush instructions, the fence only (eADR), msync, or nothing,
+/// chosen from the mapping kind and the process-wide [`FlushMethod`].
+///
+/// # Examples
+/// ```
+/// use pmem_alloc::persist::{Hardware, Persist};
+/// use pmem_alloc::flush::FlushMethod;
+/// let p = Hardware::new(FlushMethod::Clflush);
+/// let data = [1u8; 100];
+/// p.persist_bytes(&data); // clflush of two lines + sfence
+/// assert!(p.is_durable());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hardware {
+    method: FlushMethod,
+}
+
+impl Hardware {
+    /// A policy with an explicit method. A CPU method the processor lacks is replaced by the
+    /// best supported one (the instructions would fault otherwise).
+    pub fn new(method: FlushMethod) -> Self {
+        let f = flush::CpuFeatures::get();
+        let method = if f.supports(method) {
+            method
+        } else {
+            f.best_method()
+        };
+        Hardware { method }
+    }
+
+    /// The policy the process would use for synchronous (DAX) mappings.
+    pub fn detected() -> Self {
+        Hardware {
+            method: FlushMethod::detected(),
+        }
+    }
+
+    /// The method in use.
+    pub fn method(&self) -> FlushMethod {
+        self.method
+    }
+}
+
+impl Persist for Hardware {
+    #[inline]
+    unsafe fn flush(&self, addr: *const u8, len: usize) {
+        match self.method {
+            FlushMethod::Msync => {
+                // SAFETY: the caller guarantees the range is mapped. An msync failure (EIO from
+                // the file system) cannot be reported through this signature; it is counted so
+                // that pools can surface it (see `msync_errors`).
+                if unsafe { crate::sys::msync(addr, len) }.is_err() {
+                    MSYNC_ERRORS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // SAFETY: forwarded from the caller; `new` only admits supported methods.
+            m => unsafe { flush::flush_lines(m, addr, len) },
+        }
+    }
+
+    #[inline]
+    fn drain(&self) {
+        match self.method {
+            FlushMethod::Clwb
+            | FlushMethod::ClflushOpt
+            | FlushMethod::Clflush
+            | FlushMethod::FenceOnly => flush::sfence(),
+            FlushMethod::Msync | FlushMethod::None => {
+                std::sync::atomic::compiler_fence(Ordering::SeqCst)
+            }
+        }
+    }
+
+    unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
+        match self.method {
+            FlushMethod::Msync | FlushMethod::None => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src, dst, len);
+                    self.flush(dst, len);
+                }
+            }
+            m if len >= movnt_threshold() => {
+                // SAFETY: forwarded from the caller; `m` is supported (see `new`).
+                unsafe { flush::memcpy_nt(m, dst, src, len) }
+            }
+            m => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src, dst, len);
+                    flush::flush_lines(m, dst, len);
+                }
+            }
+        }
+    }
+
+    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
+        match self.method {
+            FlushMethod::Msync | FlushMethod::None => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    std::ptr::write_bytes(dst, byte, len);
+                    self.flush(dst, len);
+                }
+            }
+            m if len >= movnt_threshold() => {
+                // SAFETY: forwarded from the caller.
+                unsafe { flush::memset_nt(m, dst, byte, len) }
+            }
+            m => {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    std::ptr::write_bytes(dst, byte, len);
+                    flush::flush_lines(m, dst, len);
+                }
+            }
+        }
+    }
+
+    fn is_durable(&self) -> bool {
+        self.method != FlushMethod::None
+    }
+}
+
+static MSYNC_ERRORS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many `msync` calls made by [`Hardware`] policies have failed in this process.
+pub fn msync_errors() -> usize {
+    MSYNC_ERRORS.load(Ordering::Relaxed)
+}
+
+/// The volatile policy: nothing is flushed, nothing is fenced (beyond a compiler fence).
+/// Used by the volatile heap, where the mapping is only DRAM-replacement capacity.
+///
+/// # Examples
+/// ```
+/// use pmem_alloc::persist::{NoPersist, Persist};
+/// NoPersist.persist_bytes(&[0u8; 8]);
+/// assert!(!NoPersist.is_durable());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoPersist;
+
+impl Persist for NoPersist {
+    #[inline(always)]
+    unsafe fn flush(&self, _addr: *const u8, _len: usize) {}
+    #[inline(always)]
+    fn drain(&self) {}
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
+impl<P: Persist + ?Sized> Persist for &P {
+    #[inline]
+    unsafe fn flush(&self, addr: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).flush(addr, len) }
+    }
+    #[inline]
+    fn drain(&self) {
+        (**self).drain()
+    }
+    unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).memcpy_nodrain(dst, src, len) }
+    }
+    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).memset_nodrain(dst, byte, len) }
+    }
+    fn is_durable(&self) -> bool {
+        (**self).is_durable()
+    }
+}
+
+impl<P: Persist + ?Sized> Persist for std::sync::Arc<P> {
+    #[inline]
+    unsafe fn flush(&self, addr: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).flush(addr, len) }
+    }
+    #[inline]
+    fn drain(&self) {
+        (**self).drain()
+    }
+    unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).memcpy_nodrain(dst, src, len) }
+    }
+    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).memset_nodrain(dst, byte, len) }
+    }
+    fn is_durable(&self) -> bool {
+        (**self).is_durable()
+    }
+}
