@@ -308,7 +308,7 @@ pub unsafe fn memcpy_nt(method: FlushMethod, dst: *mut u8, src: *const u8, len: 
         }
         return;
     }
-    // SAFETY (whole block): every offset stays below `len`, for which the caller vouches.
+    // SAFETY: every offset stays below `len`, for which the caller vouches.
     unsafe {
         std::ptr::copy_nonoverlapping(src, dst, head);
         flush_lines(method, dst, head);
@@ -334,7 +334,7 @@ pub unsafe fn memset_nt(method: FlushMethod, dst: *mut u8, byte: u8, len: usize)
         }
         return;
     }
-    // SAFETY (whole block): every offset stays below `len`, for which the caller vouches.
+    // SAFETY: every offset stays below `len`, for which the caller vouches.
     unsafe {
         std::ptr::write_bytes(dst, byte, head);
         flush_lines(method, dst, head);
@@ -411,7 +411,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn copy_avx512(dst: *mut u8, src: *const u8, len: usize) {
         let mut off = 0;
-        // SAFETY (whole function): offsets stay below `len` (module contract); stores are to
+        // SAFETY: offsets stay below `len` (module contract); stores are to
         // 64-byte aligned addresses as _mm512_stream_si512 requires.
         unsafe {
             while off + 256 <= len {
@@ -438,7 +438,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn copy_avx2(dst: *mut u8, src: *const u8, len: usize) {
         let mut off = 0;
-        // SAFETY (whole function): offsets stay below `len`; stores are 32-byte aligned.
+        // SAFETY: offsets stay below `len`; stores are 32-byte aligned.
         unsafe {
             while off < len {
                 let a = _mm256_loadu_si256(src.add(off).cast());
@@ -454,7 +454,7 @@ mod x86 {
     /// See the module contract (SSE2 is baseline).
     pub(super) unsafe fn copy_sse2(dst: *mut u8, src: *const u8, len: usize) {
         let mut off = 0;
-        // SAFETY (whole function): offsets stay below `len`; stores are 16-byte aligned.
+        // SAFETY: offsets stay below `len`; stores are 16-byte aligned.
         unsafe {
             while off < len {
                 for k in 0..4 {
@@ -539,7 +539,11 @@ mod tests {
     fn every_supported_instruction_runs_on_a_buffer() {
         let buf = vec![7u8; 4096 + 3];
         let f = CpuFeatures::get();
-        for m in [FlushMethod::Clwb, FlushMethod::ClflushOpt, FlushMethod::Clflush] {
+        for m in [
+            FlushMethod::Clwb,
+            FlushMethod::ClflushOpt,
+            FlushMethod::Clflush,
+        ] {
             if f.supports(m) {
                 // SAFETY: the buffer is mapped and the method is supported.
                 unsafe { flush_lines(m, buf.as_ptr().wrapping_add(1), buf.len() - 1) };
@@ -557,10 +561,19 @@ mod tests {
                 let mut dst = vec![0xAAu8; 4096 + 64];
                 // SAFETY: the ranges are in bounds and do not overlap; clflush is baseline.
                 unsafe {
-                    memcpy_nt(FlushMethod::Clflush, dst.as_mut_ptr().add(dst_off), src.as_ptr(), len)
+                    memcpy_nt(
+                        FlushMethod::Clflush,
+                        dst.as_mut_ptr().add(dst_off),
+                        src.as_ptr(),
+                        len,
+                    )
                 };
                 sfence();
-                assert_eq!(&dst[dst_off..dst_off + len], &src[..len], "off {dst_off} len {len}");
+                assert_eq!(
+                    &dst[dst_off..dst_off + len],
+                    &src[..len],
+                    "off {dst_off} len {len}"
+                );
                 assert!(dst[..dst_off].iter().all(|&b| b == 0xAA));
                 assert!(dst[dst_off + len..].iter().all(|&b| b == 0xAA));
                 let mut d2 = vec![0x55u8; 4096 + 64];

@@ -314,8 +314,11 @@ impl Mapping {
 
     /// Opens an existing pool file or device-DAX device and maps all of it.
     pub fn open(path: &Path, opts: &MapOptions) -> Result<Mapping, MapError> {
-        let file = sys::open(path, libc::O_RDWR, 0).map_err(|e| MapError::from_io(path, "open", e))?;
-        let md = file.metadata().map_err(|e| MapError::from_io(path, "fstat", e))?;
+        let file =
+            sys::open(path, libc::O_RDWR, 0).map_err(|e| MapError::from_io(path, "open", e))?;
+        let md = file
+            .metadata()
+            .map_err(|e| MapError::from_io(path, "fstat", e))?;
         let ft = md.file_type();
         if ft.is_dir() {
             return Err(MapError::IsDirectory { path: path.into() });
@@ -413,7 +416,12 @@ impl Mapping {
         Ok((start as *mut u8, want))
     }
 
-    fn map_file(file: File, path: &Path, len: usize, opts: &MapOptions) -> Result<Mapping, MapError> {
+    fn map_file(
+        file: File,
+        path: &Path,
+        len: usize,
+        opts: &MapOptions,
+    ) -> Result<Mapping, MapError> {
         let (base, reserved) = Self::reserve_aligned(path, len, opts)?;
         let release = |e: MapError| {
             // SAFETY: the reservation is ours and nothing references it yet.
@@ -424,7 +432,12 @@ impl Mapping {
         // SAFETY: `base..base+len` is inside our reservation.
         let kind = match unsafe { sys::mmap_fixed(base, len, Some(&file), sync_flags, 0) } {
             Ok(_) => MapKind::SyncDax,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+            {
                 if opts.require_dax {
                     return Err(release(MapError::NotDax {
                         path: path.into(),
@@ -432,7 +445,8 @@ impl Mapping {
                     }));
                 }
                 // SAFETY: as above; MAP_FIXED re-establishes the range whatever the failed call did.
-                if let Err(e) = unsafe { sys::mmap_fixed(base, len, Some(&file), libc::MAP_SHARED, 0) } {
+                let r = unsafe { sys::mmap_fixed(base, len, Some(&file), libc::MAP_SHARED, 0) };
+                if let Err(e) = r {
                     return Err(release(MapError::from_io(path, "mmap", e)));
                 }
                 MapKind::PageCache
@@ -479,11 +493,19 @@ impl Mapping {
             path: path.into(),
             size,
         })?;
-        let align = sys::devdax_align(&st).unwrap_or(HUGE_PAGE).max(sys::page_size());
+        let align = sys::devdax_align(&st)
+            .unwrap_or(HUGE_PAGE)
+            .max(sys::page_size());
         let (base, reserved) = Self::reserve_with_align(path, round_up(len, align), align)?;
         // SAFETY: inside our reservation.
         let r = unsafe {
-            sys::mmap_fixed(base, len, Some(&file), sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC, 0)
+            sys::mmap_fixed(
+                base,
+                len,
+                Some(&file),
+                sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC,
+                0,
+            )
         }
         // SAFETY: as above.
         .or_else(|_| unsafe { sys::mmap_fixed(base, len, Some(&file), libc::MAP_SHARED, 0) });
@@ -570,7 +592,9 @@ impl Mapping {
         self.check(offset, buf.len())?;
         // SAFETY: bounds checked; the mapping is readable; `buf` cannot overlap it because
         // the mapping is never exposed as a Rust reference by this type.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
@@ -578,7 +602,9 @@ impl Mapping {
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
         self.check(offset, data.len())?;
         // SAFETY: bounds checked; the mapping is writable.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
+        };
         Ok(())
     }
 
@@ -624,7 +650,13 @@ impl Mapping {
         // keeps it mapped PROT_NONE ... or unmapped after a previous failure; MAP_FIXED covers
         // both) and nothing references it.
         unsafe {
-            sys::mmap_fixed(self.as_ptr().add(old), new_len - old, Some(file), self.map_flags, old as u64)
+            sys::mmap_fixed(
+                self.as_ptr().add(old),
+                new_len - old,
+                Some(file),
+                self.map_flags,
+                old as u64,
+            )
         }
         .map_err(|e| MapError::from_io(&self.path, "mmap", e))?;
         self.len = new_len;
@@ -659,7 +691,11 @@ pub const FORCE_PMEM_ENV: &str = "PMEM_ALLOC_FORCE_PMEM";
 
 fn force_pmem() -> bool {
     static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *F.get_or_init(|| std::env::var(FORCE_PMEM_ENV).map(|v| v == "1").unwrap_or(false))
+    *F.get_or_init(|| {
+        std::env::var(FORCE_PMEM_ENV)
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    })
 }
 
 fn round_up(x: usize, a: usize) -> usize {

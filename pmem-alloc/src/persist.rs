@@ -43,7 +43,10 @@ pub fn movnt_threshold() -> usize {
 
 /// Applies [`MOVNT_THRESHOLD_ENV`] if it is set to a number; returns the threshold in force.
 pub fn init_from_env() -> usize {
-    if let Some(v) = std::env::var(MOVNT_THRESHOLD_ENV).ok().and_then(|v| v.parse().ok()) {
+    if let Some(v) = std::env::var(MOVNT_THRESHOLD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         set_movnt_threshold(v);
     }
     movnt_threshold()

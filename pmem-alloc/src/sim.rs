@@ -23,7 +23,7 @@
 //! use pmem_alloc::sim::{Evictions, SimMedia};
 //! let media = SimMedia::new(4096);
 //! let p = media.base();
-//! // SAFETY (doc example): the region is 4096 bytes of writable memory owned by `media`.
+//! // SAFETY: (doc example) the region is 4096 bytes of writable memory owned by `media`.
 //! unsafe {
 //!     p.write(1);            // store, never flushed
 //!     p.add(64).write(2);
@@ -105,7 +105,8 @@ impl SimMedia {
     }
 
     fn build(len: usize, image: Option<&[u8]>, track_evictions: bool) -> SimMedia {
-        let live = Mapping::anonymous(len.max(FLUSH_ALIGN)).expect("anonymous mapping for the simulator");
+        let live =
+            Mapping::anonymous(len.max(FLUSH_ALIGN)).expect("anonymous mapping for the simulator");
         let len = live.len();
         let mut durable = vec![0u8; len];
         if let Some(img) = image {
@@ -236,7 +237,10 @@ impl Persist for SimMedia {
                 data: self.live_line(i as u32),
             })
             .collect();
-        s.pending.entry(std::thread::current().id()).or_default().extend(lines);
+        s.pending
+            .entry(std::thread::current().id())
+            .or_default()
+            .extend(lines);
     }
 
     fn drain(&self) {
@@ -246,7 +250,10 @@ impl Persist for SimMedia {
         } else {
             Vec::new()
         };
-        let applied = s.pending.remove(&std::thread::current().id()).unwrap_or_default();
+        let applied = s
+            .pending
+            .remove(&std::thread::current().id())
+            .unwrap_or_default();
         for l in &applied {
             let off = l.index as usize * FLUSH_ALIGN;
             s.durable[off..off + FLUSH_ALIGN].copy_from_slice(&l.data);
@@ -397,22 +404,23 @@ impl Recording {
                 apply(&mut durable, &self.fences[k - 1].applied);
             }
             report.crash_points += 1;
-            let mut run = |variant: usize, evicted: usize, bytes: &[u8], report: &mut SweepReport| {
-                report.checked += 1;
-                let img = CrashImage {
-                    crash_point: k,
-                    variant,
-                    evicted_lines: evicted,
-                    bytes,
-                };
-                if let Err(message) = check(&img) {
-                    report.failures.push(SweepFailure {
+            let mut run =
+                |variant: usize, evicted: usize, bytes: &[u8], report: &mut SweepReport| {
+                    report.checked += 1;
+                    let img = CrashImage {
                         crash_point: k,
                         variant,
-                        message,
-                    });
-                }
-            };
+                        evicted_lines: evicted,
+                        bytes,
+                    };
+                    if let Err(message) = check(&img) {
+                        report.failures.push(SweepFailure {
+                            crash_point: k,
+                            variant,
+                            message,
+                        });
+                    }
+                };
             run(0, 0, &durable, &mut report);
             let cands = self.candidates_at(k);
             if cands.is_empty() {

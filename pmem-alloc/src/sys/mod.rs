@@ -202,7 +202,9 @@ pub(crate) unsafe fn madvise(addr: *mut u8, len: usize, advice: libc::c_int) -> 
 
 /// Reads a small sysfs attribute, trimmed. `None` if it does not exist or cannot be read.
 pub(crate) fn read_sysfs(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// Size in bytes of a device-DAX character device, from `/sys/dev/char/MAJ:MIN/size`.

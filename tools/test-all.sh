@@ -1,0 +1,52 @@
+#!/bin/bash
+# test-all.sh - the whole test suite, as CI runs it. Ends with a line "total: N passed, N failed".
+#
+# Phases: formatting and clippy; the workspace tests (unit, integration, doc); the pmem-alloc
+# tests once per flush path (PMEM_ALLOC_FLUSH=clwb|clflushopt|clflush|msync|none); the tests
+# inside a QEMU guest with an emulated NVDIMM (real MAP_SYNC, devdax, power failure); the CSI
+# conformance suite in the guest (real ndctl, LVM) when present.
+# Env: SKIP_GUEST=1 skips the guest phases (they need qemu and ~1-3 minutes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh || exit 1
+log=$(mktemp /tmp/pmem-test.XXXXXX.log)
+trap 'rm -f "$log"' EXIT
+failed_phases=()
+
+phase() { # name, command...
+    local name=$1; shift
+    echo "=== $name: $*"
+    local t0=$SECONDS
+    if "$@" 2>&1 | tee -a "$log"; then
+        echo "=== $name: ok ($((SECONDS - t0)) s)"
+    else
+        echo "=== $name: FAILED ($((SECONDS - t0)) s)"
+        failed_phases+=("$name")
+    fi
+}
+
+phase fmt cargo fmt --all -- --check
+phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+phase build cargo build --workspace --all-targets --locked
+phase workspace-tests cargo test --workspace --locked
+for m in clwb clflushopt clflush msync none; do
+    phase "flush-$m" env PMEM_ALLOC_FLUSH=$m PMEM_ALLOC_FORCE_PMEM=1 cargo test -p pmem-alloc --tests --locked
+done
+phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem-alloc --tests --locked
+if [ "${SKIP_GUEST:-0}" != 1 ]; then
+    [ -x tools/daxvm/guest-tests.sh ] && phase guest-dax tools/daxvm/guest-tests.sh
+    [ -x pmem-csi/ci/guest-test.sh ] && phase guest-csi pmem-csi/ci/guest-test.sh
+fi
+
+# Sum every runner's closing line: cargo's "test result: ok. N passed; M failed" and the
+# project's own "N passed, M failed" lines.
+read -r pass fail < <(awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+    /^[0-9]+ passed, [0-9]+ failed/ { p += $1; f += $3 }
+    END { print p + 0, f + 0 }' "$log")
+if ((${#failed_phases[@]})); then
+    echo "failed phases: ${failed_phases[*]}"
+    fail=$((fail > 0 ? fail : ${#failed_phases[@]}))
+fi
+echo "total: $pass passed, $fail failed"
+[ "$fail" = 0 ] && ((${#failed_phases[@]} == 0))
