@@ -1,0 +1,449 @@
+//! Tests that need real (emulated) DAX: they run inside the QEMU guest of `tools/daxvm`, whose
+//! init mounts an fsdax namespace `-o dax` on `$DAXVM_MNT` (block device `$DAXVM_DEV`) and sets
+//! `DAXVM_GUEST=1`. On the host they are ignored; `tools/daxvm/guest-tests.sh` builds this file,
+//! boots the guest and runs each test with `--ignored --exact NAME --test-threads=1`.
+//!
+//! Every test refuses to run without `DAXVM_GUEST=1` (some of them mount file systems or
+//! reconfigure NVDIMM namespaces, which must never happen on a developer's machine).
+//!
+//! Environment read here:
+//! - `DAXVM_MNT`, `DAXVM_DEV`: the ext4 `-o dax` mount and its `/dev/pmemN` (set by the guest init);
+//! - `PMEM_ALLOC_FLUSH`: when set, the DAX tests check that the persister uses that method;
+//! - `DAXVM_PHASE` (`write` | `check`) and `DAXVM_MARKER`: the two phases of the power-failure test.
+
+use pmem_alloc::flush::FlushMethod;
+use pmem_alloc::map::{MapError, MapKind, MapOptions, Mapping};
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const IGNORE: &str = "needs a DAX guest: tools/daxvm/guest-tests.sh";
+/// Line the power-failure test prints when its marker is durable; the harness kills qemu on it.
+const POWER_FAIL_LINE: &str = "DAXVM-POWER-FAIL-NOW";
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+
+fn in_guest() {
+    assert_eq!(
+        std::env::var("DAXVM_GUEST").as_deref(),
+        Ok("1"),
+        "this test only runs inside the DAX guest ({IGNORE})"
+    );
+}
+
+/// The ext4 `-o dax` mount point (`$DAXVM_MNT`), checked to be a mounted ext4 with `dax`.
+fn dax_mnt() -> PathBuf {
+    in_guest();
+    let mnt = PathBuf::from(std::env::var_os("DAXVM_MNT").expect("DAXVM_MNT is not set"));
+    let dev = std::env::var("DAXVM_DEV").expect("DAXVM_DEV is not set");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not a mount point:\n{mounts}", mnt.display()));
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f[0], dev, "DAXVM_DEV does not match /proc/mounts: {line}");
+    assert_eq!(f[2], "ext4", "{line}");
+    assert!(
+        f[3].split(',').any(|o| o == "dax" || o == "dax=always"),
+        "not mounted -o dax: {line}"
+    );
+    assert_eq!(statfs(&mnt).f_type as i64, EXT4_SUPER_MAGIC);
+    mnt
+}
+
+fn statfs(p: &Path) -> libc::statfs {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is NUL-terminated and `st` is writable memory of the right size.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    assert_eq!(
+        rc,
+        0,
+        "statfs {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: statfs succeeded and filled `st`.
+    unsafe { st.assume_init() }
+}
+
+/// A fresh path on `dir` (removed first if a previous run left it).
+fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// The `VmFlags:` line of the mapping that starts at `addr`, from /proc/self/smaps.
+fn vmflags(addr: *const u8) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let start = format!("{:x}-", addr as usize);
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = first.starts_with(&start);
+        } else if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().map(String::from).collect();
+            }
+        }
+    }
+    panic!("no mapping at {addr:p} in /proc/self/smaps");
+}
+
+/// The flush method expected for a synchronous mapping: `$PMEM_ALLOC_FLUSH` if set, else a CPU
+/// flush instruction (the guest CPU, TCG `-cpu max`, has clwb).
+fn check_cpu_flush(m: &Mapping) {
+    let got = m.persister().method();
+    match std::env::var("PMEM_ALLOC_FLUSH") {
+        Ok(v) if !v.is_empty() => {
+            assert_eq!(
+                got,
+                v.parse::<FlushMethod>().unwrap(),
+                "PMEM_ALLOC_FLUSH={v}"
+            )
+        }
+        _ => assert!(
+            got.is_cpu_flush(),
+            "expected a CPU flush on {}, got {got}",
+            m.kind()
+        ),
+    }
+    println!(
+        "{}: {} with flush method {got}",
+        m.path().display(),
+        m.kind()
+    );
+}
+
+/// Writes a pattern at both ends of the mapping, persists it, reads it back.
+fn write_persist_read(m: &Mapping, tag: &[u8]) {
+    let last = m.len() - 4096;
+    for off in [0, 64 * 3 + 5, last] {
+        m.write_at(off, tag).unwrap();
+        m.persist_range(off, tag.len()).unwrap();
+    }
+    for off in [0, 64 * 3 + 5, last] {
+        let mut buf = vec![0u8; tag.len()];
+        m.read_at(off, &mut buf).unwrap();
+        assert_eq!(buf, tag, "offset {off}");
+    }
+}
+
+/// A tmpfs of `size` mounted on a fresh directory in /tmp, unmounted and removed on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        in_guest();
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let target = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        let opts = CString::new(format!("size={size}")).unwrap();
+        // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        assert_eq!(statfs(dir.path()).f_type as i64, TMPFS_MAGIC);
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = CString::new(self.dir.path().as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// (a) A pool file on the `-o dax` ext4 mount is mapped with `MAP_SYNC`, `require_dax` accepts
+/// it, the kernel marks the VMA `sf` (VM_SYNC), and data round-trips through flush + fence.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn fsdax_file_is_sync_dax() {
+    let mnt = dax_mnt();
+    let path = fresh(&mnt, "sync-dax.pool");
+    let m = Mapping::create(&path, 8 << 20, &MapOptions::new()).unwrap();
+    assert_eq!(m.kind(), MapKind::SyncDax);
+    assert!(m.kind().is_synchronous());
+    let flags = vmflags(m.as_ptr());
+    assert!(
+        flags.iter().any(|f| f == "sf"),
+        "no 'sf' in VmFlags {flags:?}"
+    );
+    println!("VmFlags of the MAP_SYNC mapping: {}", flags.join(" "));
+    check_cpu_flush(&m);
+    write_persist_read(&m, b"fsdax round trip");
+    drop(m);
+
+    // require_dax: accepted for the same file (open) and for a new one (create).
+    let dax = MapOptions::new().require_dax(true);
+    let m = Mapping::open(&path, &dax).unwrap();
+    assert_eq!(m.kind(), MapKind::SyncDax);
+    let mut buf = [0u8; 16];
+    m.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"fsdax round trip");
+    drop(m);
+    let path2 = fresh(&mnt, "sync-dax-required.pool");
+    let m = Mapping::create(&path2, 4 << 20, &dax).unwrap();
+    assert_eq!(m.kind(), MapKind::SyncDax);
+    write_persist_read(&m, b"required");
+    drop(m);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&path2).unwrap();
+}
+
+/// (b) The same code on tmpfs: the kernel refuses `MAP_SYNC`, so the mapping falls back to the
+/// page cache (msync) and `require_dax` reports `NotDax`.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn tmpfs_file_is_page_cache_and_not_dax() {
+    let fs = Tmpfs::mount("64m");
+    let path = fs.path().join("page-cache.pool");
+    let m = Mapping::create(&path, 8 << 20, &MapOptions::new()).unwrap();
+    assert_eq!(m.kind(), MapKind::PageCache);
+    assert!(!m.kind().is_synchronous());
+    let flags = vmflags(m.as_ptr());
+    assert!(
+        !flags.iter().any(|f| f == "sf"),
+        "unexpected 'sf' in VmFlags {flags:?}"
+    );
+    let method = m.persister().method();
+    match std::env::var("PMEM_ALLOC_FLUSH").as_deref() {
+        Ok("none") => assert_eq!(method, FlushMethod::None),
+        _ => assert_eq!(method, FlushMethod::Msync),
+    }
+    write_persist_read(&m, b"page cache");
+    drop(m);
+
+    let dax = MapOptions::new().require_dax(true);
+    match Mapping::open(&path, &dax) {
+        Err(MapError::NotDax { path: p, reason }) => {
+            assert_eq!(p, path);
+            println!("open(require_dax) on tmpfs: NotDax: {reason}");
+        }
+        other => panic!("expected NotDax, got {other:?}"),
+    }
+    let path2 = fs.path().join("required.pool");
+    match Mapping::create(&path2, 4 << 20, &dax) {
+        Err(MapError::NotDax { .. }) => {}
+        other => panic!("expected NotDax, got {other:?}"),
+    }
+    assert!(
+        !path2.exists(),
+        "create(require_dax) left {} behind",
+        path2.display()
+    );
+}
+
+/// The `/dev/daxN.M` of a devdax namespace: an existing one, or one made with ndctl on the
+/// first region (the guest must have been booted with `--setup none`).
+fn devdax_device() -> PathBuf {
+    in_guest();
+    if let Ok(d) = std::env::var("DAXVM_DEVDAX") {
+        return d.into();
+    }
+    let ndctl = |args: &[&str]| {
+        let out = Command::new("ndctl")
+            .args(args)
+            .output()
+            .expect("cannot run ndctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!(
+            "ndctl {}: {}{}",
+            args.join(" "),
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        (out.status.success(), text)
+    };
+    let (_, list) = ndctl(&["list", "-N"]);
+    let json = if list.contains("\"mode\":\"devdax\"") {
+        list
+    } else {
+        assert!(
+            !list.contains("\"mode\":\"fsdax\""),
+            "an fsdax namespace exists: boot the guest with --setup none for the devdax test"
+        );
+        // Empty (labelled) DIMM: initialise its label area, then carve a devdax namespace.
+        assert!(ndctl(&["disable-region", "all"]).0);
+        ndctl(&["init-labels", "-f", "all"]);
+        assert!(ndctl(&["enable-region", "all"]).0);
+        let (ok, json) = ndctl(&["create-namespace", "-m", "devdax", "-r", "region0"]);
+        let (ok, json) = if ok {
+            (ok, json)
+        } else {
+            // Label-less DIMM: convert the raw namespace in place.
+            ndctl(&[
+                "create-namespace",
+                "-m",
+                "devdax",
+                "-f",
+                "-e",
+                "namespace0.0",
+            ])
+        };
+        assert!(ok, "ndctl create-namespace -m devdax failed");
+        json
+    };
+    let name = json
+        .split("\"chardev\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no chardev in {json}"));
+    let dev = PathBuf::from(format!("/dev/{name}"));
+    for _ in 0..100 {
+        if dev.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(dev.exists(), "{} did not appear", dev.display());
+    dev
+}
+
+/// (c) A device-DAX character device maps as `DevDax` (with or without `require_dax`), and data
+/// round-trips through flush + fence and a second mapping.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn devdax_device_maps_as_devdax() {
+    let dev = devdax_device();
+    let m = Mapping::open(&dev, &MapOptions::new().require_dax(true)).unwrap();
+    assert_eq!(m.kind(), MapKind::DevDax);
+    assert!(m.len() >= 16 << 20, "devdax size {}", m.len());
+    assert_eq!(
+        m.as_ptr() as usize % (2 << 20),
+        0,
+        "devdax mapping not 2 MiB aligned"
+    );
+    println!("{}: {} bytes", dev.display(), m.len());
+    check_cpu_flush(&m);
+    write_persist_read(&m, b"devdax round trip");
+    drop(m);
+    let m = Mapping::open(&dev, &MapOptions::new()).unwrap();
+    assert_eq!(m.kind(), MapKind::DevDax);
+    let mut buf = [0u8; 17];
+    m.read_at(m.len() - 4096, &mut buf).unwrap();
+    assert_eq!(&buf, b"devdax round trip");
+    // A device-DAX mapping cannot grow.
+    let mut m = m;
+    let len = m.len();
+    assert!(matches!(
+        m.grow(len + (2 << 20)),
+        Err(MapError::Unsupported { .. })
+    ));
+}
+
+/// (d) Power failure. Phase `write` (`DAXVM_PHASE=write`): store a marker through a `MAP_SYNC`
+/// mapping, make it durable with `persist_range` only (no msync, no fsync), print
+/// [`POWER_FAIL_LINE`] and wait for the harness to kill qemu. Phase `check` (next boot): the
+/// file exists and holds the marker. `DAXVM_MARKER` makes each run's marker unique.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn power_failure_keeps_persisted_data() {
+    let mnt = dax_mnt();
+    let phase = std::env::var("DAXVM_PHASE").expect("DAXVM_PHASE=write|check is not set");
+    let marker = std::env::var("DAXVM_MARKER").unwrap_or_else(|_| "DAXVM-MARKER".into());
+    let path = mnt.join("power-failure.pool");
+    let offsets = [0usize, 4096 + 64, (16 << 20) - 4096];
+    match phase.as_str() {
+        "write" => {
+            let _ = std::fs::remove_file(&path);
+            let m = Mapping::create(&path, 16 << 20, &MapOptions::new().require_dax(true)).unwrap();
+            assert_eq!(m.kind(), MapKind::SyncDax);
+            check_cpu_flush(&m);
+            for off in offsets {
+                m.write_at(off, marker.as_bytes()).unwrap();
+                m.persist_range(off, marker.len()).unwrap();
+            }
+            // Straight to fd 1 (not captured by the test harness), on a line of its own.
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "\n{POWER_FAIL_LINE} marker {marker} persisted at {offsets:?}"
+            )
+            .unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(600));
+            panic!("qemu was not killed within 600 s");
+        }
+        "check" => {
+            let m = Mapping::open(&path, &MapOptions::new().require_dax(true))
+                .unwrap_or_else(|e| panic!("after the power failure: {e}"));
+            assert_eq!(m.kind(), MapKind::SyncDax);
+            assert_eq!(m.len(), 16 << 20);
+            for off in offsets {
+                let mut buf = vec![0u8; marker.len()];
+                m.read_at(off, &mut buf).unwrap();
+                assert_eq!(String::from_utf8_lossy(&buf), marker, "offset {off}");
+            }
+            println!("marker {marker} found at {offsets:?} after the power failure");
+            drop(m);
+            std::fs::remove_file(&path).unwrap();
+        }
+        other => panic!("DAXVM_PHASE={other}: expected write or check"),
+    }
+}
+
+/// (e) A file larger than the free space of a small tmpfs: `NoSpace`, and no file left behind.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn create_on_full_tmpfs_is_no_space() {
+    let fs = Tmpfs::mount("1m");
+    let path = fs.path().join("too-big.pool");
+    match Mapping::create(&path, 4 << 20, &MapOptions::new()) {
+        Err(MapError::NoSpace { path: p, requested }) => {
+            assert_eq!(p, path);
+            assert_eq!(requested, 4 << 20);
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    assert!(!path.exists(), "{} left behind", path.display());
+    assert_eq!(std::fs::read_dir(fs.path()).unwrap().count(), 0);
+    // What fits still works.
+    let m = Mapping::create(&path, 512 << 10, &MapOptions::new()).unwrap();
+    write_persist_read(&m, b"fits");
+}
+
+/// (e) The same on the `-o dax` ext4 itself: one byte more than its free space is `NoSpace`,
+/// and neither a file nor its blocks are left behind.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn create_larger_than_free_dax_space_is_no_space() {
+    let mnt = dax_mnt();
+    let path = fresh(&mnt, "too-big.pool");
+    let before = statfs(&mnt);
+    let free = before.f_bavail * before.f_bsize as u64;
+    let size = free + (64 << 20);
+    match Mapping::create(&path, size, &MapOptions::new().require_dax(true)) {
+        Err(MapError::NoSpace { requested, .. }) => assert_eq!(requested, size),
+        other => panic!("expected NoSpace for {size} bytes with {free} free, got {other:?}"),
+    }
+    assert!(!path.exists(), "{} left behind", path.display());
+    // ext4 may keep a few blocks busy until its journal commits: allow 1 MiB of slack.
+    let after = statfs(&mnt);
+    let slack = (1 << 20) / before.f_bsize as u64;
+    assert!(
+        after.f_bavail + slack >= before.f_bavail,
+        "blocks leaked by the failed create: {} free before, {} after",
+        before.f_bavail,
+        after.f_bavail
+    );
+}
