@@ -9,7 +9,13 @@
 //! Environment read here:
 //! - `DAXVM_MNT`, `DAXVM_DEV`: the ext4 `-o dax` mount and its `/dev/pmemN` (set by the guest init);
 //! - `PMEM_ALLOC_FLUSH`: when set, the DAX tests check that the persister uses that method;
-//! - `DAXVM_PHASE` (`write` | `check`) and `DAXVM_MARKER`: the two phases of the power-failure test.
+//! - `DAXVM_PHASE` (`write` | `check`) and `DAXVM_MARKER`: the two phases of the power-failure
+//!   tests.
+//!
+//! Naming conventions that `guest-tests.sh` relies on: tests named `devdax_*` run in a guest
+//! booted with `--setup none` (no fsdax namespace; they make a devdax one), all others on the
+//! fsdax mount; tests whose name contains `power_failure` run twice, `DAXVM_PHASE=write` (the
+//! harness kills qemu on [`POWER_FAIL_LINE`]) and `DAXVM_PHASE=check` in the next boot.
 
 use pmem_alloc::flush::FlushMethod;
 use pmem_alloc::map::{MapError, MapKind, MapOptions, Mapping};
@@ -253,56 +259,19 @@ fn tmpfs_file_is_page_cache_and_not_dax() {
     );
 }
 
-/// The `/dev/daxN.M` of a devdax namespace: an existing one, or one made with ndctl on the
-/// first region (the guest must have been booted with `--setup none`).
-fn devdax_device() -> PathBuf {
-    in_guest();
-    if let Ok(d) = std::env::var("DAXVM_DEVDAX") {
-        return d.into();
-    }
-    let ndctl = |args: &[&str]| {
-        let out = Command::new("ndctl")
-            .args(args)
-            .output()
-            .expect("cannot run ndctl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        println!(
-            "ndctl {}: {}{}",
-            args.join(" "),
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        (out.status.success(), text)
-    };
-    let (_, list) = ndctl(&["list", "-N"]);
-    let json = if list.contains("\"mode\":\"devdax\"") {
-        list
-    } else {
-        assert!(
-            !list.contains("\"mode\":\"fsdax\""),
-            "an fsdax namespace exists: boot the guest with --setup none for the devdax test"
-        );
-        // Empty (labelled) DIMM: initialise its label area, then carve a devdax namespace.
-        assert!(ndctl(&["disable-region", "all"]).0);
-        ndctl(&["init-labels", "-f", "all"]);
-        assert!(ndctl(&["enable-region", "all"]).0);
-        let (ok, json) = ndctl(&["create-namespace", "-m", "devdax", "-r", "region0"]);
-        let (ok, json) = if ok {
-            (ok, json)
-        } else {
-            // Label-less DIMM: convert the raw namespace in place.
-            ndctl(&[
-                "create-namespace",
-                "-m",
-                "devdax",
-                "-f",
-                "-e",
-                "namespace0.0",
-            ])
-        };
-        assert!(ok, "ndctl create-namespace -m devdax failed");
-        json
-    };
+fn ndctl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("ndctl")
+        .args(args)
+        .output()
+        .expect("cannot run ndctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("ndctl {}: {}{}", args.join(" "), text.trim(), err.trim());
+    (out.status.success(), text)
+}
+
+/// The `/dev/daxN.M` named by the first `"chardev"` of ndctl's JSON, once it exists.
+fn chardev(json: &str) -> PathBuf {
     let name = json
         .split("\"chardev\":\"")
         .nth(1)
@@ -317,6 +286,49 @@ fn devdax_device() -> PathBuf {
     }
     assert!(dev.exists(), "{} did not appear", dev.display());
     dev
+}
+
+/// The `/dev/daxN.M` of an existing devdax namespace (`$DAXVM_DEVDAX` if set), if any.
+fn existing_devdax_device() -> Option<PathBuf> {
+    in_guest();
+    if let Ok(d) = std::env::var("DAXVM_DEVDAX") {
+        return Some(d.into());
+    }
+    let (_, list) = ndctl(&["list", "-N", "-m", "devdax"]);
+    list.contains("\"mode\":\"devdax\"").then(|| chardev(&list))
+}
+
+/// The `/dev/daxN.M` of a devdax namespace: an existing one, or one made with ndctl on the
+/// first region (the guest must have been booted with `--setup none`).
+fn devdax_device() -> PathBuf {
+    if let Some(dev) = existing_devdax_device() {
+        return dev;
+    }
+    let (_, list) = ndctl(&["list", "-N"]);
+    assert!(
+        !list.contains("\"mode\":\"fsdax\""),
+        "an fsdax namespace exists: boot the guest with --setup none for the devdax tests"
+    );
+    // Empty (labelled) DIMM: initialise its label area, then carve a devdax namespace.
+    assert!(ndctl(&["disable-region", "all"]).0);
+    ndctl(&["init-labels", "-f", "all"]);
+    assert!(ndctl(&["enable-region", "all"]).0);
+    let (ok, json) = ndctl(&["create-namespace", "-m", "devdax", "-r", "region0"]);
+    let (ok, json) = if ok {
+        (ok, json)
+    } else {
+        // Label-less DIMM: convert the raw namespace in place.
+        ndctl(&[
+            "create-namespace",
+            "-m",
+            "devdax",
+            "-f",
+            "-e",
+            "namespace0.0",
+        ])
+    };
+    assert!(ok, "ndctl create-namespace -m devdax failed");
+    chardev(&json)
 }
 
 /// (c) A device-DAX character device maps as `DevDax` (with or without `require_dax`), and data
@@ -351,53 +363,114 @@ fn devdax_device_maps_as_devdax() {
     ));
 }
 
-/// (d) Power failure. Phase `write` (`DAXVM_PHASE=write`): store a marker through a `MAP_SYNC`
-/// mapping, make it durable with `persist_range` only (no msync, no fsync), print
-/// [`POWER_FAIL_LINE`] and wait for the harness to kill qemu. Phase `check` (next boot): the
-/// file exists and holds the marker. `DAXVM_MARKER` makes each run's marker unique.
+/// The phase of a two-phase power-failure test: `DAXVM_PHASE=write|check`.
+fn phase() -> String {
+    std::env::var("DAXVM_PHASE").expect("DAXVM_PHASE=write|check is not set")
+}
+
+/// The marker of a power-failure test (`DAXVM_MARKER`, unique per harness run).
+fn marker() -> String {
+    std::env::var("DAXVM_MARKER").unwrap_or_else(|_| "DAXVM-MARKER".into())
+}
+
+/// Offsets of the power-failure marker in a mapping of `len` bytes: two on the first pages, one
+/// on the last page.
+fn marker_offsets(len: usize) -> [usize; 3] {
+    [0, 4096 + 64, len - 4096]
+}
+
+/// Power-failure phase `write`: stores the marker, makes it durable with `persist_range` only
+/// (no msync, no fsync), prints [`POWER_FAIL_LINE`] and waits for the harness to kill qemu.
+fn write_marker_and_wait_for_power_failure(m: &Mapping) -> ! {
+    let marker = marker();
+    let offsets = marker_offsets(m.len());
+    for off in offsets {
+        m.write_at(off, marker.as_bytes()).unwrap();
+        m.persist_range(off, marker.len()).unwrap();
+    }
+    // Straight to fd 1 (not captured by the test harness), on a line of its own.
+    let mut out = std::io::stdout().lock();
+    let (path, kind) = (m.path().display(), m.kind());
+    writeln!(
+        out,
+        "\n{POWER_FAIL_LINE} {marker} persisted at {offsets:?} of {path} ({kind})"
+    )
+    .unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(600));
+    panic!("qemu was not killed within 600 s");
+}
+
+/// Power-failure phase `check`: the marker is at every offset.
+fn check_marker(m: &Mapping) {
+    let marker = marker();
+    let offsets = marker_offsets(m.len());
+    for off in offsets {
+        let mut buf = vec![0u8; marker.len()];
+        m.read_at(off, &mut buf).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            marker,
+            "offset {off} of {}",
+            m.path().display()
+        );
+    }
+    println!(
+        "{marker} found at {offsets:?} of {} after the power failure",
+        m.path().display()
+    );
+}
+
+/// (d) Power failure on fsdax. Phase `write`: a new 16 MiB pool file on the `-o dax` mount,
+/// marker persisted through the `MAP_SYNC` mapping, then qemu is killed. Phase `check` (next
+/// boot, after ext4's journal recovery): the file exists, maps with `MAP_SYNC` again and holds
+/// the marker.
 #[test]
 #[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
 fn power_failure_keeps_persisted_data() {
     let mnt = dax_mnt();
-    let phase = std::env::var("DAXVM_PHASE").expect("DAXVM_PHASE=write|check is not set");
-    let marker = std::env::var("DAXVM_MARKER").unwrap_or_else(|_| "DAXVM-MARKER".into());
     let path = mnt.join("power-failure.pool");
-    let offsets = [0usize, 4096 + 64, (16 << 20) - 4096];
-    match phase.as_str() {
+    let dax = MapOptions::new().require_dax(true);
+    match phase().as_str() {
         "write" => {
             let _ = std::fs::remove_file(&path);
-            let m = Mapping::create(&path, 16 << 20, &MapOptions::new().require_dax(true)).unwrap();
+            let m = Mapping::create(&path, 16 << 20, &dax).unwrap();
             assert_eq!(m.kind(), MapKind::SyncDax);
             check_cpu_flush(&m);
-            for off in offsets {
-                m.write_at(off, marker.as_bytes()).unwrap();
-                m.persist_range(off, marker.len()).unwrap();
-            }
-            // Straight to fd 1 (not captured by the test harness), on a line of its own.
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "\n{POWER_FAIL_LINE} marker {marker} persisted at {offsets:?}"
-            )
-            .unwrap();
-            out.flush().unwrap();
-            std::thread::sleep(std::time::Duration::from_secs(600));
-            panic!("qemu was not killed within 600 s");
+            write_marker_and_wait_for_power_failure(&m);
         }
         "check" => {
-            let m = Mapping::open(&path, &MapOptions::new().require_dax(true))
+            let m = Mapping::open(&path, &dax)
                 .unwrap_or_else(|e| panic!("after the power failure: {e}"));
             assert_eq!(m.kind(), MapKind::SyncDax);
             assert_eq!(m.len(), 16 << 20);
-            for off in offsets {
-                let mut buf = vec![0u8; marker.len()];
-                m.read_at(off, &mut buf).unwrap();
-                assert_eq!(String::from_utf8_lossy(&buf), marker, "offset {off}");
-            }
-            println!("marker {marker} found at {offsets:?} after the power failure");
+            check_marker(&m);
             drop(m);
             std::fs::remove_file(&path).unwrap();
         }
+        other => panic!("DAXVM_PHASE={other}: expected write or check"),
+    }
+}
+
+/// (d) Power failure on device DAX. Phase `write`: marker persisted through the `/dev/daxN.M`
+/// mapping, then qemu is killed. Phase `check` (next boot): the namespace is still there (its
+/// configuration lives in the DIMM's labels) and holds the marker.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn devdax_power_failure_keeps_persisted_data() {
+    let phase = phase();
+    let dev = match phase.as_str() {
+        "write" => devdax_device(),
+        _ => existing_devdax_device().expect("no devdax namespace after the power failure"),
+    };
+    let m = Mapping::open(&dev, &MapOptions::new().require_dax(true)).unwrap();
+    assert_eq!(m.kind(), MapKind::DevDax);
+    match phase.as_str() {
+        "write" => {
+            check_cpu_flush(&m);
+            write_marker_and_wait_for_power_failure(&m);
+        }
+        "check" => check_marker(&m),
         other => panic!("DAXVM_PHASE={other}: expected write or check"),
     }
 }

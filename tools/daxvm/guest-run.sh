@@ -5,10 +5,12 @@
 # usage: guest-run.sh BINARY SPEC...
 #   BINARY  file name of the test binary in /test
 #   SPEC    TEST[@NAME=VALUE...]: run `BINARY --ignored --exact TEST --test-threads=1
-#           --nocapture` with those variables set
+#           --nocapture` with those variables set, killed after $DAXVM_TEST_TIMEOUT seconds
+#           (default 120)
 # For each SPEC it prints "GUEST-TEST-START SPEC" and then "GUEST-RESULT SPEC RC SECONDS".
 bin=/test/$1
 shift
+limit=${DAXVM_TEST_TIMEOUT:-120}
 for spec in "$@"; do
     old_ifs=$IFS
     IFS=@
@@ -19,8 +21,9 @@ for spec in "$@"; do
     shift
     echo "GUEST-TEST-START $spec"
     t0=$(cut -d' ' -f1 /proc/uptime)
-    env "$@" "$bin" --ignored --exact "$test" --test-threads=1 --nocapture
+    timeout -s KILL "$limit" env "$@" "$bin" --ignored --exact "$test" --test-threads=1 --nocapture
     rc=$?
     t1=$(cut -d' ' -f1 /proc/uptime)
+    [ $rc = 137 ] && echo "GUEST: $test killed after the ${limit} s limit"
     echo "GUEST-RESULT $spec $rc $(awk "BEGIN{printf \"%.2f\", $t1 - $t0}")"
 done

@@ -5,17 +5,19 @@
 # usage: guest-tests.sh [--verbose]
 #   --verbose   stream the guest consoles (default: show them only for failed tests)
 #
-# Boots (each a fresh or reused NVDIMM image in a temporary directory):
-#   1. fsdax  (--fresh): every guest test not listed below, fsdax_file_is_sync_dax once per
-#             PMEM_ALLOC_FLUSH method, then phase "write" of power_failure_keeps_persisted_data,
-#             whose READY line makes the host SIGKILL qemu ("power failure");
-#   -         host: the marker is in the image file;
-#   2. fsdax  (same image, not re-made: ext4 replays its journal): phase "check" of the
-#             power-failure test, and fsdax_file_is_sync_dax again on the recovered file system;
-#   3. devdax (--fresh --setup none, another image): devdax_device_maps_as_devdax creates a
-#             devdax namespace with ndctl and maps /dev/daxN.M.
+# The tests are listed with `--list --ignored` and sorted by name: `devdax_*` tests run in a
+# guest booted with --setup none (they make a devdax namespace), the others on the fsdax mount;
+# a test whose name contains `power_failure` runs in two phases (DAXVM_PHASE=write|check). For
+# each kind of guest, with its own NVDIMM image in a temporary directory:
+#   boot 1 (--fresh): the plain tests (fsdax_file_is_sync_dax also once per PMEM_ALLOC_FLUSH
+#          method), then the write phase of the power-failure test, whose READY line makes the
+#          host SIGKILL qemu ("power failure"); host: the marker is in the image file;
+#   boot 2 (same image, not re-made: ext4 replays its journal): the check phase (and, for
+#          fsdax, fsdax_file_is_sync_dax on the recovered file system).
 # Ends with "N passed, N failed"; exit code 0 only if nothing failed (1 otherwise, 2 when the
-# build or the guest could not be made). Honours CARGO_TARGET_DIR, DAXVM_DIR, CARGO.
+# build or the guest could not be made). Honours CARGO_TARGET_DIR, DAXVM_DIR, CARGO,
+# DAXVM_BOOT_TIMEOUT (default 240 s per boot), DAXVM_TEST_TIMEOUT (default 120 s per test),
+# DAXVM_IMG_SIZE (default 256M).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,9 +26,11 @@ verbose=0
 case ${1:-} in
     --verbose | -v) verbose=1 ;;
     "") ;;
-    *) sed -n '2,19p' "$0"; exit 2 ;;
+    *) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2 ;;
 esac
-BOOT_TIMEOUT=${DAXVM_BOOT_TIMEOUT:-240}
+BOOT_TIMEOUT=${DAXVM_BOOT_TIMEOUT:-240}   # seconds per boot
+TEST_TIMEOUT=${DAXVM_TEST_TIMEOUT:-120}   # seconds per test process in the guest
+IMG_SIZE=${DAXVM_IMG_SIZE:-256M}          # NVDIMM images (small: the host greps them)
 FLUSH_METHODS="clwb clflushopt clflush"
 POWER_FAIL_RE='^DAXVM-POWER-FAIL-NOW'
 t_start=$SECONDS
@@ -74,9 +78,11 @@ boot() {
     log "boot $nboot: $label"
     if [ $verbose = 1 ]; then
         "$HERE/run-in-vm.sh" --timeout "$BOOT_TIMEOUT" "${opts[@]}" --file "$bin" \
+            --env "DAXVM_TEST_TIMEOUT=$TEST_TIMEOUT" \
             "$HERE/guest-run.sh" "$(basename "$bin")" "$@" 2>&1 | tee "$boot_log"
     else
         "$HERE/run-in-vm.sh" --timeout "$BOOT_TIMEOUT" "${opts[@]}" --file "$bin" \
+            --env "DAXVM_TEST_TIMEOUT=$TEST_TIMEOUT" \
             "$HERE/guest-run.sh" "$(basename "$bin")" "$@" > "$boot_log" 2>&1
     fi
     boot_rc=${PIPESTATUS[0]}
@@ -108,63 +114,73 @@ collect() {
     done
 }
 
-# ------------------------------------------------------------------ boot 1: fsdax + power failure (write)
-PF=power_failure_keeps_persisted_data
-DD=devdax_device_maps_as_devdax
-SD=fsdax_file_is_sync_dax
-specs=()
-for t in $tests; do
-    case $t in "$PF" | "$DD") ;; *) specs+=("$t") ;; esac
-done
-if has_test $SD; then
-    for m in $FLUSH_METHODS; do specs+=("$SD@PMEM_ALLOC_FLUSH=$m"); done
-fi
-marker="DAXVM-MARKER-$$-$RANDOM$RANDOM"
-pf_write="$PF@DAXVM_PHASE=write"
-pf_check="$PF@DAXVM_PHASE=check"
-img=$tmp/fsdax.img
-if has_test $PF; then
-    boot "fsdax (fresh), ${#specs[@]} tests, then the power-failure write phase" \
-        --img "$img" --fresh --env "DAXVM_MARKER=$marker" --kill-on "$POWER_FAIL_RE" -- \
-        "${specs[@]}" "$pf_write"
-else
-    boot "fsdax (fresh), ${#specs[@]} tests" --img "$img" --fresh -- "${specs[@]}"
-fi
-collect "${specs[@]}"
-
-if has_test $PF; then
-    if [ "$boot_rc" = 137 ] && grep -q "$POWER_FAIL_RE" "$boot_log"; then
-        result PASS "$PF (write phase, then qemu SIGKILLed)" \
-            "$(grep -o 'killed qemu.* after start' "$boot_log")"
-    else
-        result FAIL "$PF (write phase)" "run-in-vm.sh exit $boot_rc, expected 137 after the kill"
-        excerpt "$pf_write"
+# suite KIND: the boots of one kind of guest (fsdax or devdax) for the tests in plain[] and the
+# two-phase power-failure tests in pf[]. Boot 1 (fresh image) runs plain[] and then the write
+# phase of pf[0]; the host kills qemu on its READY line and looks for the marker in the image;
+# boot k+1 (same image) runs the check phase of pf[k-1], then the write phase of pf[k], ...;
+# the last boot also runs after_crash[] on the recovered image.
+suite() {
+    local kind=$1 opts=() specs=("${plain[@]}") i=0 t w killed=0
+    [ "$kind" = devdax ] && opts=(--setup none)
+    local img=$tmp/$kind.img
+    local fresh=(--fresh --size "$IMG_SIZE")
+    describe() { # the boot's label
+        desc=$kind
+        [ ${#fresh[@]} -gt 0 ] && desc+=", new image"
+        [ ${#opts[@]} -gt 0 ] && desc+=", ${opts[*]}"
+        [ "$killed" = 1 ] && desc+=", after the power failure"
+        desc+=", ${#specs[@]} test(s)"
+    }
+    while [ "$i" -lt "${#pf[@]}" ]; do
+        t=${pf[$i]}
+        w="$t@DAXVM_PHASE=write"
+        describe
+        boot "$desc, then $t (write phase, killed)" \
+            --img "$img" "${fresh[@]}" "${opts[@]}" --env "DAXVM_MARKER=$marker" \
+            --kill-on "$POWER_FAIL_RE" -- ${specs[@]+"${specs[@]}"} "$w"
+        [ "$killed" = 1 ] && grep '^DAXVM: mounted' "$boot_log" | sed 's/^/    after the kill: /'
+        collect ${specs[@]+"${specs[@]}"}
+        if [ "$boot_rc" = 137 ] && grep -q "$POWER_FAIL_RE" "$boot_log"; then
+            result PASS "$w, then qemu SIGKILLed" "$(grep -o 'killed qemu.* after start' "$boot_log")"
+        else
+            result FAIL "$w" "run-in-vm.sh exit $boot_rc, expected 137 after the kill"
+            excerpt "$w"
+        fi
+        # host side: the marker, persisted at 3 offsets, is in the backing file after the kill
+        n=$(grep -a -o -F "$marker" "$img" 2>/dev/null | wc -l)
+        if [ "$n" -ge 3 ]; then
+            result PASS "$t (host: marker in the NVDIMM image file after the kill)" "$n copies"
+        else
+            result FAIL "$t (host: marker in the NVDIMM image file after the kill)" "$n copies"
+        fi
+        specs=("$t@DAXVM_PHASE=check")
+        fresh=() killed=1 i=$((i + 1))
+    done
+    [ "$killed" = 1 ] && specs+=(${after_crash[@]+"${after_crash[@]}"})
+    if [ ${#specs[@]} -gt 0 ]; then
+        describe
+        boot "$desc" \
+            --img "$img" "${fresh[@]}" "${opts[@]}" --env "DAXVM_MARKER=$marker" -- "${specs[@]}"
+        [ "$killed" = 1 ] && grep '^DAXVM: mounted' "$boot_log" | sed 's/^/    after the kill: /'
+        collect "${specs[@]}"
     fi
-    # host side: the marker, persisted at 3 offsets, is in the backing file right after the kill
-    n=$(grep -a -o -F "$marker" "$img" 2>/dev/null | wc -l)
-    if [ "$n" -ge 3 ]; then
-        result PASS "$PF (host: marker in the image file after the kill)" "$n copies"
-    else
-        result FAIL "$PF (host: marker in the image file after the kill)" "not found"
-    fi
-
-    # -------------------------------------------------------------- boot 2: after the power failure
-    specs2=("$pf_check")
-    has_test $SD && specs2+=("$SD")
-    boot "fsdax (same image, after the power failure)" --img "$img" --env "DAXVM_MARKER=$marker" \
-        -- "${specs2[@]}"
-    grep -E '^(DAXVM: mounted|EXT4-fs.*recover)' "$boot_log" | sed 's/^/    /'
-    collect "${specs2[@]}"
-fi
-rm -f "$img" "$img.lock"
-
-# ------------------------------------------------------------------ boot 3: devdax
-if has_test $DD; then
-    img=$tmp/devdax.img
-    boot "devdax (fresh, --setup none)" --img "$img" --fresh --setup none -- "$DD"
-    collect "$DD"
     rm -f "$img" "$img.lock"
-fi
+}
+
+SD=fsdax_file_is_sync_dax
+marker="DAXVM-MARKER-$$-$RANDOM$RANDOM"
+for kind in fsdax devdax; do
+    plain=() pf=() after_crash=()
+    for t in $tests; do
+        case $t in devdax_*) [ $kind = devdax ] || continue ;; *) [ $kind = fsdax ] || continue ;; esac
+        case $t in *power_failure*) pf+=("$t") ;; *) plain+=("$t") ;; esac
+    done
+    if [ $kind = fsdax ] && has_test $SD; then
+        for m in $FLUSH_METHODS; do plain+=("$SD@PMEM_ALLOC_FLUSH=$m"); done
+        after_crash=("$SD")
+    fi
+    suite $kind
+done
 
 log "total $((SECONDS - t_start)) s"
 echo "$pass passed, $fail failed"

@@ -27,7 +27,7 @@ force=0
 case ${1:-} in
     --force) force=1 ;;
     "") ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    *) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2 ;;
 esac
 
 log() { echo "[make-vm] $*" >&2; }

@@ -32,7 +32,7 @@ OUT=$DAXVM_DIR/out
 img=${DAXVM_IMG:-$DAXVM_DIR/nv.img} size=1G label=128K fresh=0 setup=auto killre="" timeout=600
 mem=1G legacy=0
 files=() envs=()
-usage() { sed -n '2,29p' "$0" >&2; exit 2; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --img) img=$2; shift 2 ;;
