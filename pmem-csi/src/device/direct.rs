@@ -1,0 +1,273 @@
+//! Direct device manager: one fsdax namespace per volume, created with `ndctl`.
+
+use super::{is_device_name, round_up, Capacity, Device, DeviceManager, DeviceMode};
+use crate::error::{Error, Result};
+use crate::exec::{Cmd, Runner};
+use crate::parse::{parse_ndctl_namespaces, parse_ndctl_regions, Namespace, Region};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Alignment used when a region does not report one.
+pub const DEFAULT_ALIGN: u64 = 16 << 20;
+
+/// Namespaces as volumes.
+#[derive(Debug)]
+pub struct DirectManager {
+    runner: Arc<dyn Runner>,
+    /// Size alignment used for rounding (largest alignment of all regions).
+    align: u64,
+    lock: Mutex<()>,
+}
+
+impl DirectManager {
+    /// Creates the manager and reads the regions' alignment.
+    pub fn new(runner: Arc<dyn Runner>) -> Result<Self> {
+        let regions = Self::regions_with(&*runner)?;
+        let align = regions
+            .iter()
+            .filter_map(|r| r.align)
+            .max()
+            .unwrap_or(DEFAULT_ALIGN)
+            .max(4096);
+        Ok(DirectManager {
+            runner,
+            align,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn regions_with(runner: &dyn Runner) -> Result<Vec<Region>> {
+        Ok(
+            parse_ndctl_regions(&runner.run_ok(&Cmd::new("ndctl", ["list", "-R", "-N"]))?)?
+                .into_iter()
+                .filter(|r| r.kind == "pmem")
+                .collect(),
+        )
+    }
+
+    fn namespaces(&self) -> Result<Vec<Namespace>> {
+        Ok(Self::regions_with(&*self.runner)?
+            .into_iter()
+            .flat_map(|r| r.namespaces)
+            .filter(|ns| ns.mode == "fsdax" && ns.name.as_deref().is_some_and(is_device_name))
+            .collect())
+    }
+
+    fn to_device(ns: Namespace) -> Result<Device> {
+        let blockdev = ns
+            .blockdev
+            .ok_or_else(|| Error::internal(format!("namespace {} has no block device", ns.dev)))?;
+        Ok(Device {
+            name: ns.name.unwrap_or_default(),
+            owner: None,
+            size: ns.size,
+            path: PathBuf::from(format!("/dev/{blockdev}")),
+            fs_dir: None,
+        })
+    }
+
+    fn find(&self, name: &str) -> Result<Option<Namespace>> {
+        Ok(self
+            .namespaces()?
+            .into_iter()
+            .find(|ns| ns.name.as_deref() == Some(name)))
+    }
+
+    fn destroy(&self, dev: &str) -> Result<()> {
+        self.runner
+            .run_ok(&Cmd::new("ndctl", ["disable-namespace", dev]))?;
+        self.runner
+            .run_ok(&Cmd::new("ndctl", ["destroy-namespace", "--force", dev]))?;
+        Ok(())
+    }
+
+    fn create_ns(&self, region: &str, name: &str, size: u64) -> Result<Namespace> {
+        let out = self.runner.run_ok(&Cmd::new(
+            "ndctl",
+            [
+                "create-namespace".to_string(),
+                "--mode=fsdax".to_string(),
+                "--map=dev".to_string(),
+                format!("--region={region}"),
+                format!("--size={size}"),
+                format!("--name={name}"),
+            ],
+        ))?;
+        parse_ndctl_namespaces(&out)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("ndctl create-namespace printed nothing"))
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl DeviceManager for DirectManager {
+    fn mode(&self) -> DeviceMode {
+        DeviceMode::Direct
+    }
+
+    fn round_size(&self, size: u64) -> u64 {
+        round_up(size, self.align)
+    }
+
+    fn create(&self, name: &str, _owner: &str, size: u64) -> Result<Device> {
+        let _g = self.guard();
+        if let Some(ns) = self.find(name)? {
+            return Self::to_device(ns);
+        }
+        let regions = Self::regions_with(&*self.runner)?;
+        let pick = |need: u64| {
+            regions
+                .iter()
+                .filter(|r| {
+                    round_up(need, r.align.unwrap_or(DEFAULT_ALIGN)) <= r.max_available_extent
+                })
+                .max_by_key(|r| r.max_available_extent)
+        };
+        let mut want = self.round_size(size);
+        let region = pick(want).ok_or_else(|| {
+            Error::ResourceExhausted(format!("no PMEM region has {want} contiguous bytes free"))
+        })?;
+        let align = region.align.unwrap_or(DEFAULT_ALIGN);
+        want = round_up(want, align);
+        let mut ns = self.create_ns(&region.dev, name, want)?;
+        // fsdax keeps its page map on the namespace: the usable size is smaller than the
+        // allocation. Grow the allocation once by the difference if that made it too small.
+        if ns.size < size {
+            self.destroy(&ns.dev)?;
+            want = round_up(want + (size - ns.size), align);
+            if want > region.max_available_extent {
+                return Err(Error::ResourceExhausted(format!(
+                    "{size} usable bytes need {want} bytes in {}, which has {} free",
+                    region.dev, region.max_available_extent
+                )));
+            }
+            ns = self.create_ns(&region.dev, name, want)?;
+        }
+        Self::to_device(ns)
+    }
+
+    fn delete(&self, name: &str, erase: bool) -> Result<()> {
+        let _g = self.guard();
+        let Some(ns) = self.find(name)? else {
+            return Ok(());
+        };
+        if erase {
+            if let Some(b) = &ns.blockdev {
+                self.runner.run_ok(&Cmd::new(
+                    "shred",
+                    ["--iterations=0", "--zero", &format!("/dev/{b}")],
+                ))?;
+            }
+        }
+        self.destroy(&ns.dev)
+    }
+
+    fn list(&self) -> Result<Vec<Device>> {
+        let _g = self.guard();
+        self.namespaces()?
+            .into_iter()
+            .map(Self::to_device)
+            .collect()
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let _g = self.guard();
+        let regions = Self::regions_with(&*self.runner)?;
+        Ok(Capacity {
+            total: regions.iter().map(|r| r.size).sum(),
+            available: regions.iter().map(|r| r.available_size).sum(),
+            max_volume: regions
+                .iter()
+                .map(|r| {
+                    let a = r.align.unwrap_or(DEFAULT_ALIGN);
+                    r.max_available_extent / a * a
+                })
+                .max()
+                .unwrap_or(0),
+        })
+    }
+
+    fn expand(&self, _name: &str, _size: u64) -> Result<Device> {
+        Err(Error::Unimplemented(
+            "volume expansion is not supported in direct mode (namespaces cannot grow)".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::device_name;
+    use crate::exec::{Output, ScriptedRunner};
+
+    fn regions(avail: u64, namespaces: &str) -> String {
+        format!(
+            r#"[{{"dev":"region0","size":2147483648,"align":16777216,"available_size":{avail},"max_available_extent":{avail},"type":"pmem","persistence_domain":"unknown","namespaces":[{namespaces}]}}]"#
+        )
+    }
+
+    fn ns(name: &str, size: u64) -> String {
+        format!(
+            r#"{{"dev":"namespace0.1","mode":"fsdax","map":"dev","size":{size},"uuid":"0b9b5a4e-2f7c-4d22-9f8e-8c1b1e2f3a4d","sector_size":512,"align":2097152,"blockdev":"pmem0.1","name":"{name}"}}"#
+        )
+    }
+
+    #[test]
+    fn create_compensates_for_page_map_and_deletes() {
+        let r = Arc::new(ScriptedRunner::new());
+        let name = device_name("pvc-7");
+        r.expect("ndctl list -R -N", Output::ok(&regions(2147483648, "")));
+        let m = DirectManager::new(r.clone()).unwrap();
+        assert_eq!(m.round_size(1), 16 << 20);
+        r.expect("ndctl list -R -N", Output::ok(&regions(2147483648, "")))
+            .expect("ndctl list -R -N", Output::ok(&regions(2147483648, "")))
+            .expect(
+                &format!("ndctl create-namespace --mode=fsdax --map=dev --region=region0 --size=268435456 --name={name}"),
+                // 256 MiB minus the 4 MiB page map.
+                Output::ok(&ns(&name, 264241152)),
+            )
+            .expect("ndctl disable-namespace namespace0.1", Output::ok(""))
+            .expect("ndctl destroy-namespace --force namespace0.1", Output::ok(""))
+            .expect(
+                &format!("ndctl create-namespace --mode=fsdax --map=dev --region=region0 --size=285212672 --name={name}"),
+                Output::ok(&ns(&name, 280887296)),
+            );
+        let d = m.create(&name, "pvc-7", 256 << 20).unwrap();
+        assert!(d.size >= 256 << 20);
+        assert_eq!(d.path, PathBuf::from("/dev/pmem0.1"));
+
+        r.expect(
+            "ndctl list -R -N",
+            Output::ok(&regions(1862270976, &ns(&name, 280887296))),
+        )
+        .expect("ndctl disable-namespace namespace0.1", Output::ok(""))
+        .expect(
+            "ndctl destroy-namespace --force namespace0.1",
+            Output::ok(""),
+        );
+        m.delete(&name, false).unwrap();
+        assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn capacity_and_exhaustion() {
+        let r = Arc::new(ScriptedRunner::new());
+        r.expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")));
+        let m = DirectManager::new(r.clone()).unwrap();
+        r.expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")));
+        let c = m.capacity().unwrap();
+        assert_eq!(
+            (c.total, c.available, c.max_volume),
+            (2 << 30, 100 << 20, 96 << 20)
+        );
+        r.expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")))
+            .expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")));
+        let e = m.create(&device_name("big"), "big", 200 << 20).unwrap_err();
+        assert!(matches!(e, Error::ResourceExhausted(_)), "{e:?}");
+        assert!(matches!(m.expand("x", 1), Err(Error::Unimplemented(_))));
+    }
+}
