@@ -75,7 +75,9 @@ kver=${kpkg#linux-image-}
 KDIR=$CACHE/kernel-$kver
 if [ ! -f "$KDIR/boot/vmlinuz-$kver" ]; then
     log "downloading $kpkg"
-    mkdir -p "$tmp/debs" && chmod 755 "$tmp" "$tmp/debs"   # apt's _apt user downloads there
+    mkdir -p "$tmp/debs" && chmod 755 "$tmp"
+    # apt downloads as its sandbox user _apt when that user can write there
+    if id _apt >/dev/null 2>&1; then chown _apt "$tmp/debs"; fi
     (cd "$tmp/debs" && timeout "$APT_TIMEOUT" apt-get download -q "$kpkg" >&2) ||
         { apt_update; (cd "$tmp/debs" && timeout "$APT_TIMEOUT" apt-get download -q "$kpkg" >&2); } ||
         die "apt-get download $kpkg failed"
@@ -104,7 +106,6 @@ log "building the initramfs for $kver"
 # ------------------------------------------------------------------ rootfs
 R=$tmp/rootfs
 mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc/lvm,proc,sys,dev,mnt/pmem,tmp,run,root,test}
-cp /bin/busybox "$R/bin/busybox"
 
 copy_file() { # host path -> same path in the rootfs (symlinks resolved)
     [ -e "$R$1" ] && return 0
@@ -120,6 +121,7 @@ copy_with_libs() { # host executables + the shared libraries ldd reports (and th
         done
     done
 }
+copy_with_libs /bin/busybox   # busybox-static has no libraries; a dynamic one gets them
 copy_with_libs /usr/bin/kmod /usr/bin/ndctl /usr/bin/daxctl /usr/sbin/mke2fs /usr/sbin/e2fsck \
     /usr/sbin/resize2fs /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /usr/sbin/lvm /usr/sbin/dmsetup
 # the C runtime of dynamically linked Rust binaries (target x86_64-unknown-linux-gnu)
