@@ -2,8 +2,9 @@
 # guest-tests.sh - build pmem-alloc's DAX guest tests (pmem-alloc/tests/dax_guest.rs) and run
 # them inside the QEMU guest, one process per test (--ignored --exact NAME --test-threads=1).
 #
-# usage: guest-tests.sh [--verbose]
-#   --verbose   stream the guest consoles (default: show them only for failed tests)
+# usage: guest-tests.sh [--verbose] [--only REGEX]
+#   --verbose      stream the guest consoles (default: show them only for failed tests)
+#   --only REGEX   run only the tests whose name matches REGEX (grep -E)
 #
 # The tests are listed with `--list --ignored` and sorted by name: `devdax_*` tests run in a
 # guest booted with --setup none (they make a devdax namespace), the others on the fsdax mount;
@@ -22,12 +23,14 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-verbose=0
-case ${1:-} in
-    --verbose | -v) verbose=1 ;;
-    "") ;;
-    *) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2 ;;
-esac
+verbose=0 only=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --verbose | -v) verbose=1; shift ;;
+        --only) only=${2:?--only wants a regex}; shift 2 ;;
+        *) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2 ;;
+    esac
+done
 BOOT_TIMEOUT=${DAXVM_BOOT_TIMEOUT:-240}   # seconds per boot
 TEST_TIMEOUT=${DAXVM_TEST_TIMEOUT:-120}   # seconds per test process in the guest
 IMG_SIZE=${DAXVM_IMG_SIZE:-256M}          # NVDIMM images (small: the host greps them)
@@ -37,6 +40,8 @@ t_start=$SECONDS
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pmem-daxvm-tests.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 log() { echo "[guest-tests] $*"; }
 
 # ------------------------------------------------------------------ build
@@ -51,6 +56,10 @@ log "built $bin ($((SECONDS - t0)) s)"
 # the binary must list its guest tests on the host without running them
 tests=$("$bin" --list --ignored 2>/dev/null | sed -n 's/: test$//p')
 [ -n "$tests" ] || { log "$bin lists no ignored tests"; exit 2; }
+if [ -n "$only" ]; then
+    tests=$(grep -E -- "$only" <<<"$tests")
+    [ -n "$tests" ] || { log "no test matches --only '$only'"; exit 2; }
+fi
 
 log "making the guest"
 t0=$SECONDS
