@@ -2,12 +2,21 @@
 #![warn(missing_docs)]
 
 pub mod flush;
+pub mod heap;
+pub mod layout;
 pub mod map;
 pub mod persist;
+pub mod pool;
+pub mod pptr;
+mod recovery;
 #[cfg(feature = "crash-sim")]
 pub mod sim;
+pub mod size_class;
+mod sync;
 mod sys;
 
 pub use flush::{CpuFeatures, FlushMethod, CACHE_PAD, FLUSH_ALIGN};
 pub use map::{MapError, MapKind, MapOptions, Mapping};
 pub use persist::{Hardware, NoPersist, Persist};
+pub use pool::{Pool, PoolError, PoolOptions};
+pub use pptr::{AtomicPPtr, PPtr, PSafe};

@@ -254,3 +254,42 @@ pub(crate) fn platform_has_eadr() -> bool {
     }
     any
 }
+
+/// Private anonymous memory, reserved without swap accounting and faulted in lazily; copied on
+/// write across fork (so a child's metadata never aliases the parent's).
+pub(crate) fn anon_private(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh anonymous mapping at a kernel-chosen address has no preconditions.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p.cast())
+    }
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: returns the blocks of `off..off+len` to the file system;
+/// the range reads back as zeros.
+///
+/// # Safety
+/// No live data may be in the range (its contents are discarded).
+pub(crate) unsafe fn punch_hole(fd: libc::c_int, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate has no memory-safety preconditions; the caller vouches for the data.
+    cvt(unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    })?;
+    Ok(())
+}

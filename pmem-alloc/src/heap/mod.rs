@@ -1,0 +1,1758 @@
+//! The allocator engine, generic over the persistence policy.
+//!
+//! One engine serves the persistent heap (policy [`crate::persist::Hardware`] or the crash
+//! simulator), the volatile heap ([`crate::persist::NoPersist`]) and the crash tests.
+//!
+//! # Structure
+//! - The region is divided into 4 KiB *pages*, grouped into *zones*; every zone is tiled by
+//!   *extents* (free, run, large, metadata) described by a **persistent page map**: one 8-byte
+//!   entry at each extent's head page ([`crate::layout::PageEntry`]). The page map is the only
+//!   allocator state that is kept durable while the heap runs.
+//! - A *run* holds blocks of one size class; which blocks are taken is a **volatile bitmap**
+//!   (32 bytes per page, in DRAM). It is written to the pool only at a clean close.
+//! - Each thread has a *cache* (per heap) of free blocks per class: allocation pops, free
+//!   pushes, with no lock, no atomic read-modify-write, no flush and no fence. Caches refill
+//!   from and flush to the per-class *bins* (one lock each) in batches; a block freed by another
+//!   thread simply goes to that thread's cache (remote frees need no special path).
+//! - Large allocations (> 32 KiB) take page extents from the extent allocator (one lock).
+//!
+//! # Durability invariant (see docs/format.md)
+//! At every instant the durable page map of each zone is a valid tiling, and every block handed
+//! out lies in an extent whose durable head entry describes it as handed out. Extent splits write
+//! the tail entry, then the allocated head, then the leading free part, each persisted before the
+//! next; merges are a single 8-byte store. Block-level allocation state is never persisted at run
+//! time: after a crash, [`crate::recovery`] rebuilds it by a reachability scan from the root.
+//!
+//! # Locks
+//! Order: bin lock, then extent lock; the thread registry lock is outermost. No lock is held
+//! while calling user code, and nothing here allocates from the global allocator.
+
+mod tcache;
+
+pub(crate) use tcache::{current_tid, MAX_THREADS};
+
+use crate::layout::{ExtentKind, PageEntry};
+use crate::persist::Persist;
+use crate::size_class::{
+    self, class_size, run_blocks, run_pages, BITMAP_BYTES_PER_PAGE, MAX_SMALL, NCLASSES, PAGE,
+    PAGE_SHIFT,
+};
+use crate::sync::{AtomicU64, AtomicUsize, Locked};
+use std::ptr;
+use std::sync::atomic::Ordering;
+use tcache::TCache;
+
+/// "No page" in the volatile lists.
+const NIL: u32 = u32::MAX;
+/// Bitmap words per page.
+const BM_WORDS: usize = BITMAP_BYTES_PER_PAGE / 8;
+/// Most zones a heap can have.
+pub(crate) const MAX_ZONES: usize = 64;
+
+/// Volatile per-page metadata (DRAM). Only some fields are meaningful per page; see each field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageMeta {
+    /// Head page of the extent containing this page: set on every page of runs, on the head of
+    /// large extents, on head and tail of free extents.
+    pub(crate) head: u32,
+    /// Extent length in pages (head page; tail page of free extents too).
+    pub(crate) len: u32,
+    /// `ExtentKind as u8`, 0 = not part of the heap.
+    pub(crate) kind: u8,
+    /// Size class of a run.
+    pub(crate) class: u8,
+    /// `F_*` flags.
+    pub(crate) flags: u8,
+    _r: u8,
+    /// Free blocks in a run (blocks in thread caches count as taken).
+    pub(crate) nfree: u32,
+    /// List links: free-extent bins or a bin's partial-run list.
+    next: u32,
+    prev: u32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<PageMeta>() == 32);
+
+/// A free extent known to be zero-filled (fresh from the file system or hole-punched).
+pub(crate) const F_ZERO: u8 = 1;
+/// A run in its bin's partial list.
+const F_PARTIAL: u8 = 2;
+/// Recovery mark on a large extent.
+pub(crate) const F_MARK: u8 = 4;
+
+/// One zone as the engine sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Zone {
+    /// First page (pool-relative).
+    pub(crate) start: usize,
+    /// Pages, metadata included.
+    pub(crate) npages: usize,
+    /// Metadata pages at the start (never allocated).
+    pub(crate) meta_pages: usize,
+    /// Page map of the zone, indexed by zone-relative page.
+    pub(crate) pmap: *mut u64,
+    /// Persistent bitmap area (32 bytes per zone page), or null for volatile heaps.
+    pub(crate) pbitmap: *mut u8,
+}
+
+struct ExtentState {
+    zones: [Option<Zone>; MAX_ZONES],
+    nzones: usize,
+    /// Heads of free extents, per size bin.
+    bins: [u32; EXT_BINS],
+    nonempty: u128,
+    free_pages: usize,
+    large_pages: usize,
+    run_pages: usize,
+}
+
+// SAFETY: the raw pointers in `zones` point into mappings owned by the heap, which outlives the
+// state; access is serialised by the extent lock.
+unsafe impl Send for ExtentState {}
+
+const EXT_EXACT: usize = 64;
+const EXT_BINS: usize = EXT_EXACT + 27;
+
+fn ext_bin(len: usize) -> usize {
+    if len <= EXT_EXACT {
+        len - 1
+    } else {
+        let k = usize::BITS - 1 - len.leading_zeros(); // >= 6
+        (EXT_EXACT + (k as usize - 6)).min(EXT_BINS - 1)
+    }
+}
+
+#[derive(Debug)]
+struct Bin {
+    /// Head page of the first run with free blocks.
+    partial: u32,
+    /// Runs of this class.
+    runs: usize,
+    /// Completely free runs kept (at most one; more are returned to the extent allocator).
+    empty_runs: usize,
+    /// Blocks currently out of runs (in use, or in thread caches).
+    blocks_out: u64,
+}
+
+/// Cache-padded wrapper (false sharing between bins).
+#[repr(align(128))]
+#[derive(Debug)]
+struct Padded<T>(T);
+
+/// Heap statistics (see [`HeapCore::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes of the region covered by the heap (mapped).
+    pub mapped: u64,
+    /// Bytes in blocks handed out to the application (small blocks by class size, large by
+    /// pages), thread-cached blocks excluded.
+    pub in_use: u64,
+    /// Bytes in free blocks sitting in thread caches.
+    pub cached: u64,
+    /// Bytes in free pages.
+    pub free: u64,
+    /// Pages in runs.
+    pub run_pages: u64,
+    /// Pages in large allocations.
+    pub large_pages: u64,
+    /// Metadata pages (page maps and bitmaps in the pool).
+    pub meta_pages: u64,
+}
+
+impl std::fmt::Display for HeapStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "mapped {:.1} MiB, in use {:.1} MiB, thread-cached {:.1} MiB, free {:.1} MiB \
+             ({} run pages, {} large pages, {} metadata pages)",
+            mib(self.mapped),
+            mib(self.in_use),
+            mib(self.cached),
+            mib(self.free),
+            self.run_pages,
+            self.large_pages,
+            self.meta_pages
+        )
+    }
+}
+
+/// Errors found by [`HeapCore::check`] or while rebuilding from the page map.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeapCorruption {
+    /// A page-map entry is invalid.
+    #[error("zone {zone}: page {page}: {error}")]
+    Entry {
+        /// Zone index.
+        zone: usize,
+        /// Page (pool-relative).
+        page: usize,
+        /// The decoding error.
+        error: crate::layout::EntryError,
+    },
+    /// The tiling is broken (an extent runs past its zone, metadata in the wrong place, ...).
+    #[error("zone {zone}: page {page}: {what}")]
+    Tiling {
+        /// Zone index.
+        zone: usize,
+        /// Page.
+        page: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// Volatile state disagrees with the page map or with itself.
+    #[error("page {page}: {what}")]
+    State {
+        /// Page.
+        page: usize,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Private anonymous memory for volatile metadata (copy-on-write across fork), reserved up
+/// front and faulted in lazily.
+#[derive(Debug)]
+pub(crate) struct AnonRegion {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: plain memory owned by this value.
+unsafe impl Send for AnonRegion {}
+// SAFETY: access is synchronised by its users (the heap's locks and thread ownership).
+unsafe impl Sync for AnonRegion {}
+
+impl AnonRegion {
+    pub(crate) fn new(len: usize) -> std::io::Result<AnonRegion> {
+        let len = len.max(1).next_multiple_of(PAGE);
+        let ptr = crate::sys::anon_private(len)?;
+        Ok(AnonRegion { ptr, len })
+    }
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for AnonRegion {
+    fn drop(&mut self) {
+        // SAFETY: the region is ours; the heap that used it is gone.
+        let _ = unsafe { crate::sys::munmap(self.ptr, self.len) };
+    }
+}
+
+/// The engine. Lives at a fixed address (it is never moved after `init`), because thread caches
+/// and the thread registry refer to it by address.
+pub struct HeapCore<P: Persist> {
+    base: *mut u8,
+    max_pages: usize,
+    persist: P,
+    meta: AnonRegion,
+    bitmaps: AnonRegion,
+    tcaches: AnonRegion,
+    touched: [AtomicU64; MAX_THREADS / 64],
+    extents: Locked<ExtentState>,
+    bins: [Padded<Locked<Bin>>; NCLASSES],
+    large_live: AtomicUsize,
+    registered: std::sync::atomic::AtomicBool,
+    /// Punch holes into free extents of at least this many pages (0 = never).
+    punch_pages: usize,
+    file_fd: i32,
+}
+
+// SAFETY: all shared state is behind locks or atomics; raw pointers point into mappings owned
+// by the heap's owner, which outlives the core.
+unsafe impl<P: Persist> Send for HeapCore<P> {}
+// SAFETY: as above.
+unsafe impl<P: Persist> Sync for HeapCore<P> {}
+
+impl<P: Persist> std::fmt::Debug for HeapCore<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapCore")
+            .field("base", &self.base)
+            .field("max_pages", &self.max_pages)
+            .field("persist", &self.persist)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of the engine.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CoreOptions {
+    /// Punch holes into free extents of at least this many bytes (volatile file heaps).
+    pub(crate) punch_bytes: usize,
+    /// File descriptor for hole punching (-1 = none: use MADV_DONTNEED on anonymous memory).
+    pub(crate) fd: i32,
+}
+
+impl<P: Persist + 'static> HeapCore<P> {
+    /// Creates an engine for the region `base..base + max_pages * PAGE` with no zones yet.
+    ///
+    /// # Safety
+    /// `base` must be page aligned and the first `max_pages` pages must stay mapped (as far as
+    /// zones are added) for the life of the core. The core must not be moved once a thread has
+    /// used it (it is pinned in a `Box` or a static by its owners).
+    pub(crate) unsafe fn new(
+        base: *mut u8,
+        max_pages: usize,
+        persist: P,
+        opts: CoreOptions,
+    ) -> std::io::Result<Self> {
+        let meta = AnonRegion::new(max_pages * std::mem::size_of::<PageMeta>())?;
+        let bitmaps = AnonRegion::new(max_pages * BITMAP_BYTES_PER_PAGE)?;
+        let tcaches = AnonRegion::new(MAX_THREADS * std::mem::size_of::<TCache>())?;
+        Ok(HeapCore {
+            base,
+            max_pages,
+            persist,
+            meta,
+            bitmaps,
+            tcaches,
+            touched: std::array::from_fn(|_| AtomicU64::new(0)),
+            extents: Locked::new(ExtentState {
+                zones: [None; MAX_ZONES],
+                nzones: 0,
+                bins: [NIL; EXT_BINS],
+                nonempty: 0,
+                free_pages: 0,
+                large_pages: 0,
+                run_pages: 0,
+            }),
+            bins: std::array::from_fn(|_| {
+                Padded(Locked::new(Bin {
+                    partial: NIL,
+                    runs: 0,
+                    empty_runs: 0,
+                    blocks_out: 0,
+                }))
+            }),
+            large_live: AtomicUsize::new(0),
+            registered: std::sync::atomic::AtomicBool::new(false),
+            punch_pages: if opts.punch_bytes == 0 {
+                0
+            } else {
+                opts.punch_bytes.div_ceil(PAGE)
+            },
+            file_fd: opts.fd,
+        })
+    }
+
+    /// Base address of the region.
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The persistence policy.
+    pub fn persister(&self) -> &P {
+        &self.persist
+    }
+
+    /// Pages covered by zones.
+    pub(crate) fn npages(&self) -> usize {
+        let ex = self.extents.lock();
+        ex.zones[..ex.nzones]
+            .iter()
+            .flatten()
+            .map(|z| z.start + z.npages)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether `p` points into a zone of this heap.
+    #[inline]
+    pub fn contains(&self, p: *const u8) -> bool {
+        let off = (p as usize).wrapping_sub(self.base as usize);
+        off < self.max_pages * PAGE && {
+            // SAFETY: `off / PAGE < max_pages`, inside the metadata reservation.
+            let m = unsafe { &*self.meta_at(off >> PAGE_SHIFT) };
+            m.kind != 0
+        }
+    }
+
+    #[inline]
+    fn meta_at(&self, page: usize) -> *mut PageMeta {
+        debug_assert!(page < self.max_pages);
+        // SAFETY: the reservation holds `max_pages` entries.
+        unsafe { self.meta.ptr().cast::<PageMeta>().add(page) }
+    }
+
+    /// # Safety
+    /// `page < max_pages`, and the caller holds the lock that protects the fields it touches
+    /// (or runs single-threaded during open).
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn pm(&self, page: usize) -> &mut PageMeta {
+        // SAFETY: forwarded from the caller.
+        unsafe { &mut *self.meta_at(page) }
+    }
+
+    #[inline]
+    fn bitmap_words(&self, page: usize) -> *mut u64 {
+        // SAFETY: the reservation holds BM_WORDS words per page for `max_pages` pages.
+        unsafe { self.bitmaps.ptr().cast::<u64>().add(page * BM_WORDS) }
+    }
+
+    #[inline]
+    fn page_of(&self, p: *const u8) -> usize {
+        (p as usize - self.base as usize) >> PAGE_SHIFT
+    }
+
+    #[inline]
+    fn page_ptr(&self, page: usize) -> *mut u8 {
+        self.base.wrapping_add(page << PAGE_SHIFT)
+    }
+
+    // ------------------------------------------------------------------ zones and page map
+
+    /// Adds a zone whose page map is already initialised with a valid tiling (or a fresh zone,
+    /// when `init_tiling` is true: the metadata extent and one free extent are written and
+    /// persisted). Free extents of the zone are *not* entered into the bins: call `rebuild`.
+    ///
+    /// # Safety
+    /// `zone.pmap` must point to `zone.npages` writable words that stay valid for the core's
+    /// life; the zone's pages must be mapped and not overlap other zones.
+    pub(crate) unsafe fn add_zone(&self, zone: Zone, init_tiling: bool) {
+        let mut ex = self.extents.lock();
+        if init_tiling {
+            let usable = zone.npages - zone.meta_pages;
+            // Ordering: the free extent's head first, then the metadata head that makes the
+            // walk reach it (a zone is only in use once the pool's state slot names it).
+            // SAFETY: the caller vouches for the page map.
+            unsafe {
+                if usable > 0 {
+                    self.pmap_store(&zone, zone.meta_pages, ExtentKind::Free, 0, usable);
+                }
+                if zone.meta_pages > 0 {
+                    self.pmap_store(&zone, 0, ExtentKind::Meta, 0, zone.meta_pages);
+                }
+            }
+        }
+        let n = ex.nzones;
+        assert!(n < MAX_ZONES, "too many zones");
+        ex.zones[n] = Some(zone);
+        ex.nzones += 1;
+    }
+
+    /// Enters the free extent of every zone added with `init_tiling` into the bins, as known-zero
+    /// memory (fresh files and anonymous memory read as zeros). Allocation-free: usable while a
+    /// global allocator initialises.
+    pub(crate) fn init_fresh(&self) {
+        let mut ex = self.extents.lock();
+        for i in 0..ex.nzones {
+            let Some(z) = ex.zones[i] else { continue };
+            let usable = z.npages - z.meta_pages;
+            // SAFETY: lock held; the zone's pages are inside the reservation.
+            unsafe {
+                if z.meta_pages > 0 {
+                    let m = self.pm(z.start);
+                    m.kind = ExtentKind::Meta as u8;
+                    m.head = z.start as u32;
+                    m.len = z.meta_pages as u32;
+                    let t = self.pm(z.start + z.meta_pages - 1);
+                    t.kind = ExtentKind::Meta as u8;
+                    t.head = z.start as u32;
+                }
+                if usable > 0 {
+                    self.bin_insert(&mut ex, z.start + z.meta_pages, usable, true);
+                }
+            }
+        }
+    }
+
+    /// Enters the free extent of zone `index` (just added with `init_tiling`) into the bins.
+    pub(crate) fn add_free_zone(&self, index: usize) {
+        let mut ex = self.extents.lock();
+        let Some(z) = ex.zones.get(index).copied().flatten() else {
+            return;
+        };
+        // SAFETY: lock held; the zone's pages are inside the reservation and in no bin.
+        unsafe {
+            let m = self.pm(z.start);
+            m.kind = ExtentKind::Meta as u8;
+            m.head = z.start as u32;
+            m.len = z.meta_pages as u32;
+            let t = self.pm(z.start + z.meta_pages - 1);
+            t.kind = ExtentKind::Meta as u8;
+            t.head = z.start as u32;
+            self.bin_insert(
+                &mut ex,
+                z.start + z.meta_pages,
+                z.npages - z.meta_pages,
+                true,
+            );
+        }
+    }
+
+    /// Extends the last zone in place (volatile heaps: the page map covers the reservation).
+    /// The new pages become a free extent, merged with a free extent before them.
+    pub(crate) fn extend_last_zone(&self, new_npages: usize) -> bool {
+        let mut ex = self.extents.lock();
+        let Some(Some(z)) = ex.nzones.checked_sub(1).map(|i| ex.zones[i]) else {
+            return false;
+        };
+        if new_npages <= z.npages || z.start + new_npages > self.max_pages {
+            return false;
+        }
+        let first = z.start + z.npages;
+        let add = new_npages - z.npages;
+        let i = ex.nzones - 1;
+        ex.zones[i] = Some(Zone {
+            npages: new_npages,
+            ..z
+        });
+        // SAFETY: the new pages are inside the reservation; we hold the extent lock.
+        unsafe {
+            self.pm(first).kind = ExtentKind::Large as u8; // placeholder for free_extent_locked
+            self.pm(first).len = add as u32;
+            self.pm(first).head = first as u32;
+            self.free_extent_locked(&mut ex, first, add, true);
+        }
+        true
+    }
+
+    fn zone_of(ex: &ExtentState, page: usize) -> Option<(usize, Zone)> {
+        ex.zones[..ex.nzones].iter().enumerate().find_map(|(i, z)| {
+            z.filter(|z| page >= z.start && page < z.start + z.npages)
+                .map(|z| (i, z))
+        })
+    }
+
+    /// Writes and persists one page-map entry.
+    ///
+    /// # Safety
+    /// `rel < zone.npages`; the zone's page map is valid; the extent lock is held (or the heap
+    /// is being opened single-threaded).
+    unsafe fn pmap_store(&self, zone: &Zone, rel: usize, kind: ExtentKind, class: u8, len: usize) {
+        let e = PageEntry {
+            kind,
+            class,
+            len: len as u32,
+        }
+        .encode();
+        // SAFETY: forwarded; 8-byte aligned word inside the zone's page map. The store is a
+        // single aligned 8-byte write, failure-atomic on the media.
+        unsafe {
+            let w = zone.pmap.add(rel);
+            (*(w as *const AtomicU64)).store(e.to_le(), Ordering::Release);
+            self.persist.persist(w.cast(), 8);
+        }
+    }
+
+    fn pmap_set(&self, ex: &ExtentState, page: usize, kind: ExtentKind, class: u8, len: usize) {
+        let (_, z) = Self::zone_of(ex, page).expect("page inside a zone");
+        // SAFETY: `page` is inside zone `z`; the caller holds the extent lock (`ex`).
+        unsafe { self.pmap_store(&z, page - z.start, kind, class, len) }
+    }
+
+    // ------------------------------------------------------------------ extent allocator
+
+    /// # Safety
+    /// Extent lock held (`ex`), `page..page+len` a free extent not in any bin.
+    unsafe fn bin_insert(&self, ex: &mut ExtentState, page: usize, len: usize, zero: bool) {
+        let b = ext_bin(len);
+        // SAFETY: pages inside the reservation; lock held.
+        unsafe {
+            let m = self.pm(page);
+            m.kind = ExtentKind::Free as u8;
+            m.head = page as u32;
+            m.len = len as u32;
+            m.class = 0;
+            m.flags = if zero { F_ZERO } else { 0 };
+            m.prev = NIL;
+            m.next = ex.bins[b];
+            if ex.bins[b] != NIL {
+                self.pm(ex.bins[b] as usize).prev = page as u32;
+            }
+            let t = self.pm(page + len - 1);
+            t.kind = ExtentKind::Free as u8;
+            t.head = page as u32;
+            t.len = len as u32;
+        }
+        ex.bins[b] = page as u32;
+        ex.nonempty |= 1 << b;
+        ex.free_pages += len;
+    }
+
+    /// # Safety
+    /// Extent lock held, `page` the head of a free extent in its bin.
+    unsafe fn bin_remove(&self, ex: &mut ExtentState, page: usize) {
+        // SAFETY: as above.
+        unsafe {
+            let (len, next, prev) = {
+                let m = self.pm(page);
+                (m.len as usize, m.next, m.prev)
+            };
+            let b = ext_bin(len);
+            if prev != NIL {
+                self.pm(prev as usize).next = next;
+            } else {
+                ex.bins[b] = next;
+                if next == NIL {
+                    ex.nonempty &= !(1 << b);
+                }
+            }
+            if next != NIL {
+                self.pm(next as usize).prev = prev;
+            }
+            ex.free_pages -= len;
+        }
+    }
+
+    /// Allocates `n` pages aligned to `align` pages as an extent of `kind`, persisting the page
+    /// map in the split order of the durability invariant. Returns the head page.
+    fn alloc_extent(&self, n: usize, align: usize, kind: ExtentKind, class: u8) -> Option<usize> {
+        let mut ex = self.extents.lock();
+        let mut b = ext_bin(n);
+        loop {
+            let mask = ex.nonempty & (!0u128 << b);
+            if mask == 0 {
+                return None;
+            }
+            b = mask.trailing_zeros() as usize;
+            let mut cur = ex.bins[b];
+            while cur != NIL {
+                let p = cur as usize;
+                // SAFETY: `p` is a free-extent head in a bin; lock held.
+                let (len, next, zero) = unsafe {
+                    let m = self.pm(p);
+                    (m.len as usize, m.next, m.flags & F_ZERO != 0)
+                };
+                let a = p.next_multiple_of(align.max(1));
+                if a + n <= p + len {
+                    // SAFETY: lock held; the pieces lie within the free extent.
+                    unsafe { self.bin_remove(&mut ex, p) };
+                    let tail = p + len - (a + n);
+                    // Ordering (durability invariant): tail head, allocated head, leading part.
+                    if tail > 0 {
+                        self.pmap_set(&ex, a + n, ExtentKind::Free, 0, tail);
+                    }
+                    self.pmap_set(&ex, a, kind, class, n);
+                    if a > p {
+                        self.pmap_set(&ex, p, ExtentKind::Free, 0, a - p);
+                    }
+                    // SAFETY: lock held; the pieces are no longer in any bin.
+                    unsafe {
+                        if tail > 0 {
+                            self.bin_insert(&mut ex, a + n, tail, zero);
+                        }
+                        if a > p {
+                            self.bin_insert(&mut ex, p, a - p, zero);
+                        }
+                        // the tail page tells a freeing neighbour that this extent is taken
+                        let t = self.pm(a + n - 1);
+                        t.kind = kind as u8;
+                        t.head = a as u32;
+                        let m = self.pm(a);
+                        m.kind = kind as u8;
+                        m.class = class;
+                        m.len = n as u32;
+                        m.head = a as u32;
+                        m.flags = if zero { F_ZERO } else { 0 };
+                        m.next = NIL;
+                        m.prev = NIL;
+                    }
+                    match kind {
+                        ExtentKind::Run => ex.run_pages += n,
+                        ExtentKind::Large => ex.large_pages += n,
+                        _ => {}
+                    }
+                    return Some(a);
+                }
+                cur = next;
+            }
+            b += 1;
+            if b >= EXT_BINS {
+                return None;
+            }
+        }
+    }
+
+    /// Frees the extent at `page` (a run or large extent), merging with free neighbours inside
+    /// the same zone. One durable store: the merged head.
+    fn free_extent(&self, page: usize) {
+        let mut ex = self.extents.lock();
+        // SAFETY: `page` is the head of an allocated extent; lock held.
+        unsafe {
+            let (len, kind) = {
+                let m = self.pm(page);
+                (m.len as usize, m.kind)
+            };
+            match kind {
+                k if k == ExtentKind::Run as u8 => ex.run_pages -= len,
+                k if k == ExtentKind::Large as u8 => ex.large_pages -= len,
+                _ => {}
+            }
+            self.free_extent_locked(&mut ex, page, len, false);
+        }
+    }
+
+    /// # Safety
+    /// Extent lock held; `page..page+len` is an extent being freed, not in any bin.
+    unsafe fn free_extent_locked(&self, ex: &mut ExtentState, page: usize, len: usize, zero: bool) {
+        let (zi, z) = Self::zone_of(ex, page).expect("extent inside a zone");
+        let _ = zi;
+        let zone_lo = z.start + z.meta_pages;
+        let zone_hi = z.start + z.npages;
+        let (mut start, mut n) = (page, len);
+        let mut zero_all = zero;
+        // SAFETY: neighbours are inside the zone (checked) and the lock is held.
+        unsafe {
+            let nx = page + len;
+            if nx < zone_hi
+                && self.pm(nx).kind == ExtentKind::Free as u8
+                && self.pm(nx).head == nx as u32
+            {
+                let nl = self.pm(nx).len as usize;
+                zero_all &= self.pm(nx).flags & F_ZERO != 0;
+                self.bin_remove(ex, nx);
+                n += nl;
+            }
+            if page > zone_lo {
+                let t = self.pm(page - 1);
+                if t.kind == ExtentKind::Free as u8 {
+                    let ph = t.head as usize;
+                    let h = self.pm(ph);
+                    if h.kind == ExtentKind::Free as u8 && ph + h.len as usize == page {
+                        zero_all &= h.flags & F_ZERO != 0;
+                        let pl = h.len as usize;
+                        self.bin_remove(ex, ph);
+                        start = ph;
+                        n += pl;
+                    }
+                }
+            }
+        }
+        // The single durable store of a free: the merged head.
+        self.pmap_set(ex, start, ExtentKind::Free, 0, n);
+        if !zero_all && self.punch_pages > 0 && n >= self.punch_pages {
+            self.punch(start, n);
+            zero_all = true;
+        }
+        // SAFETY: lock held; the merged extent is in no bin.
+        unsafe {
+            // clear stale run/large markers on the old head so `contains` and lookups see free
+            self.pm(page).kind = ExtentKind::Free as u8;
+            self.bin_insert(ex, start, n, zero_all);
+        }
+    }
+
+    /// Returns the pages to the file system (volatile file heaps) or to the kernel (anonymous):
+    /// they read back as zeros afterwards.
+    fn punch(&self, page: usize, n: usize) {
+        let addr = self.page_ptr(page);
+        let len = n * PAGE;
+        if self.file_fd >= 0 {
+            // SAFETY: the range is a free extent of our file; nobody references it.
+            let _ = unsafe {
+                crate::sys::punch_hole(
+                    self.file_fd,
+                    (addr as usize - self.base as usize) as u64,
+                    len as u64,
+                )
+            };
+        } else {
+            // SAFETY: as above, for private anonymous memory.
+            let _ = unsafe { crate::sys::madvise(addr, len, libc::MADV_DONTNEED) };
+        }
+    }
+
+    // ------------------------------------------------------------------ runs and bins
+
+    /// Takes up to `want` blocks of class `c` from the bins into `out`, creating runs as needed.
+    /// Returns the number taken (0 = out of memory).
+    fn take_blocks(&self, c: usize, out: &mut [*mut u8], want: usize) -> usize {
+        let size = class_size(c);
+        let mut got = 0;
+        let mut bin = self.bins[c].0.lock();
+        while got < want {
+            let r = if bin.partial != NIL {
+                bin.partial as usize
+            } else {
+                match self.alloc_extent(run_pages(c), 1, ExtentKind::Run, c as u8) {
+                    Some(r) => {
+                        self.init_run(r, c);
+                        bin.runs += 1;
+                        bin.empty_runs += 1;
+                        self.partial_push(&mut bin, r);
+                        r
+                    }
+                    None => break,
+                }
+            };
+            // SAFETY: `r` is a run head of class `c`; bin lock held.
+            let m = unsafe { self.pm(r) };
+            if m.nfree as usize == run_blocks(c) {
+                bin.empty_runs -= 1;
+            }
+            let words = self.bitmap_words(r);
+            let nwords = (run_blocks(c)).div_ceil(64);
+            let run_base = self.page_ptr(r);
+            let mut w = 0;
+            while w < nwords && got < want {
+                // SAFETY: `w` indexes the run's bitmap (4 words per page of the run).
+                let word = unsafe { &mut *words.add(w) };
+                while *word != u64::MAX && got < want {
+                    let bit = (!*word).trailing_zeros() as usize;
+                    *word |= 1 << bit;
+                    out[got] = run_base.wrapping_add((w * 64 + bit) * size);
+                    got += 1;
+                    m.nfree -= 1;
+                }
+                w += 1;
+            }
+            if m.nfree == 0 {
+                self.partial_remove(&mut bin, r);
+            }
+        }
+        bin.blocks_out += got as u64;
+        got
+    }
+
+    fn init_run(&self, r: usize, c: usize) {
+        let np = run_pages(c);
+        let nb = run_blocks(c);
+        let words = self.bitmap_words(r);
+        // SAFETY: the run's pages are ours (just allocated); no other thread knows them yet.
+        unsafe {
+            for i in 0..np {
+                let m = self.pm(r + i);
+                m.head = r as u32;
+                m.kind = ExtentKind::Run as u8;
+                m.class = c as u8;
+            }
+            let m = self.pm(r);
+            m.nfree = nb as u32;
+            m.len = np as u32;
+            for w in 0..np * BM_WORDS {
+                // bits past the last block are permanently "taken"
+                let first = w * 64;
+                *words.add(w) = if first >= nb {
+                    u64::MAX
+                } else if first + 64 > nb {
+                    !0u64 << (nb - first)
+                } else {
+                    0
+                };
+            }
+        }
+    }
+
+    fn partial_push(&self, bin: &mut Bin, r: usize) {
+        // SAFETY: bin lock held; `r` is a run head of this bin.
+        unsafe {
+            let m = self.pm(r);
+            if m.flags & F_PARTIAL != 0 {
+                return;
+            }
+            m.flags |= F_PARTIAL;
+            m.prev = NIL;
+            m.next = bin.partial;
+            if bin.partial != NIL {
+                self.pm(bin.partial as usize).prev = r as u32;
+            }
+        }
+        bin.partial = r as u32;
+    }
+
+    fn partial_remove(&self, bin: &mut Bin, r: usize) {
+        // SAFETY: bin lock held; `r` is in this bin's partial list.
+        unsafe {
+            let m = self.pm(r);
+            if m.flags & F_PARTIAL == 0 {
+                return;
+            }
+            m.flags &= !F_PARTIAL;
+            let (next, prev) = (m.next, m.prev);
+            if prev != NIL {
+                self.pm(prev as usize).next = next;
+            } else {
+                bin.partial = next;
+            }
+            if next != NIL {
+                self.pm(next as usize).prev = prev;
+            }
+        }
+    }
+
+    /// Returns blocks of class `c` to their runs; releases runs that become empty (keeping one).
+    fn return_blocks(&self, c: usize, blocks: &[*mut u8]) {
+        let size = class_size(c) as u32;
+        let nb = run_blocks(c) as u32;
+        let mut bin = self.bins[c].0.lock();
+        for &b in blocks {
+            let page = self.page_of(b);
+            // SAFETY: `b` came from a run of class `c` of this heap; bin lock held.
+            unsafe {
+                let r = self.pm(page).head as usize;
+                let idx = ((b as usize - self.page_ptr(r) as usize) as u32 / size) as usize;
+                let word = &mut *self.bitmap_words(r).add(idx / 64);
+                debug_assert!(*word & (1 << (idx % 64)) != 0, "double free of {b:p}");
+                *word &= !(1 << (idx % 64));
+                let m = self.pm(r);
+                m.nfree += 1;
+                if m.nfree == 1 {
+                    self.partial_push(&mut bin, r);
+                }
+                if m.nfree == nb {
+                    if bin.empty_runs >= 1 {
+                        self.partial_remove(&mut bin, r);
+                        bin.runs -= 1;
+                        self.free_extent(r);
+                    } else {
+                        bin.empty_runs += 1;
+                    }
+                }
+            }
+        }
+        bin.blocks_out -= blocks.len() as u64;
+    }
+
+    // ------------------------------------------------------------------ public allocation API
+
+    /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
+    #[inline]
+    pub fn alloc(&self, size: usize, align: usize) -> *mut u8 {
+        match size_class::class_for_layout(size.max(1), align) {
+            Some(c) => self.alloc_class(c),
+            None => self.alloc_large(size.max(1), align),
+        }
+    }
+
+    #[inline]
+    fn alloc_class(&self, c: usize) -> *mut u8 {
+        let tid = current_tid();
+        if let Some(tc) = self.tcache(tid) {
+            if let Some(p) = tc.pop(c) {
+                return p;
+            }
+            return self.refill(tc, c);
+        }
+        let mut one = [ptr::null_mut(); 1];
+        if self.take_blocks(c, &mut one, 1) == 1 {
+            one[0]
+        } else {
+            ptr::null_mut()
+        }
+    }
+
+    #[cold]
+    fn refill(&self, tc: &TCache, c: usize) -> *mut u8 {
+        let batch = tcache::batch(c);
+        let mut buf = [ptr::null_mut(); tcache::MAX_CAP];
+        let got = self.take_blocks(c, &mut buf[..batch], batch);
+        if got == 0 {
+            return ptr::null_mut();
+        }
+        // keep the lowest address for last so blocks are handed out in address order
+        for &b in buf[1..got].iter().rev() {
+            tc.push_unchecked(c, b);
+        }
+        buf[0]
+    }
+
+    fn alloc_large(&self, size: usize, align: usize) -> *mut u8 {
+        let n = size.div_ceil(PAGE);
+        let a = align.div_ceil(PAGE).max(1);
+        match self.alloc_extent(n, a, ExtentKind::Large, 0) {
+            Some(p) => {
+                self.large_live.fetch_add(1, Ordering::Relaxed);
+                self.page_ptr(p)
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Like [`HeapCore::alloc`], zero-filled. Memory known to be zero (fresh or hole-punched
+    /// extents) is not written again.
+    pub fn alloc_zeroed(&self, size: usize, align: usize) -> *mut u8 {
+        match size_class::class_for_layout(size.max(1), align) {
+            Some(c) => {
+                let p = self.alloc_class(c);
+                if !p.is_null() {
+                    // SAFETY: `p` is a fresh block of at least `size` bytes.
+                    unsafe { ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            None => {
+                let p = self.alloc_large(size.max(1), align);
+                if !p.is_null() {
+                    let page = self.page_of(p);
+                    // SAFETY: the extent is ours until returned; reading its flags is fine.
+                    let zero = unsafe { self.pm(page).flags & F_ZERO != 0 };
+                    if !zero {
+                        // SAFETY: fresh extent of at least `size` bytes.
+                        unsafe { ptr::write_bytes(p, 0, size) };
+                    }
+                    // SAFETY: as above.
+                    unsafe { self.pm(page).flags &= !F_ZERO };
+                }
+                p
+            }
+        }
+    }
+
+    /// Frees a block given its layout (the size and alignment it was allocated with).
+    ///
+    /// # Safety
+    /// `p` must have been returned by this heap for the same `size`/`align` and not freed.
+    #[inline]
+    pub unsafe fn free_sized(&self, p: *mut u8, size: usize, align: usize) {
+        match size_class::class_for_layout(size.max(1), align) {
+            Some(c) => self.free_class(p, c),
+            None => self.free_large(p),
+        }
+    }
+
+    /// Frees a block without knowing its size.
+    ///
+    /// # Safety
+    /// `p` must have been returned by this heap and not freed.
+    #[inline]
+    pub unsafe fn free(&self, p: *mut u8) {
+        let page = self.page_of(p);
+        // SAFETY: `p` is a live block of this heap, so its page metadata is initialised.
+        let m = unsafe { &*self.meta_at(page) };
+        if m.kind == ExtentKind::Run as u8 {
+            self.free_class(p, m.class as usize)
+        } else {
+            self.free_large(p)
+        }
+    }
+
+    #[inline]
+    fn free_class(&self, p: *mut u8, c: usize) {
+        let tid = current_tid();
+        if let Some(tc) = self.tcache(tid) {
+            if tc.push(c, p) {
+                return;
+            }
+            // cache full: return half of it, then push
+            let cap = tcache::cap(c);
+            let mut buf = [ptr::null_mut(); tcache::MAX_CAP];
+            let n = tc.drain_into(c, &mut buf[..cap / 2]);
+            self.return_blocks(c, &buf[..n]);
+            let pushed = tc.push(c, p);
+            debug_assert!(pushed);
+            return;
+        }
+        self.return_blocks(c, &[p]);
+    }
+
+    fn free_large(&self, p: *mut u8) {
+        self.large_live.fetch_sub(1, Ordering::Relaxed);
+        self.free_extent(self.page_of(p));
+    }
+
+    /// The usable size of a live block (its class size, or its pages).
+    ///
+    /// # Safety
+    /// `p` must be a live block of this heap.
+    pub unsafe fn usable_size(&self, p: *const u8) -> usize {
+        // SAFETY: live block: metadata initialised.
+        let m = unsafe { &*self.meta_at(self.page_of(p)) };
+        if m.kind == ExtentKind::Run as u8 {
+            class_size(m.class as usize)
+        } else {
+            m.len as usize * PAGE
+        }
+    }
+
+    /// Resizes in place when the new size fits the block (same class, or a large extent that
+    /// can grow into a free neighbour or shrink). Returns false when the caller must move it.
+    ///
+    /// # Safety
+    /// `p` must be a live block of this heap allocated with alignment `align`.
+    pub unsafe fn resize_in_place(&self, p: *mut u8, new_size: usize, align: usize) -> bool {
+        // SAFETY: forwarded.
+        let old = unsafe { self.usable_size(p) };
+        let page = self.page_of(p);
+        // SAFETY: live block.
+        let kind = unsafe { (*self.meta_at(page)).kind };
+        if kind == ExtentKind::Run as u8 {
+            return match size_class::class_for_layout(new_size.max(1), align) {
+                Some(c) => class_size(c) == old,
+                None => false,
+            };
+        }
+        if new_size <= MAX_SMALL {
+            return false;
+        }
+        let want = new_size.div_ceil(PAGE);
+        let have = old / PAGE;
+        if want == have {
+            return true;
+        }
+        let mut ex = self.extents.lock();
+        if want < have {
+            // shrink: the tail becomes free. Ordering: tail head (free), then the new length.
+            self.pmap_set(&ex, page + want, ExtentKind::Free, 0, have - want);
+            self.pmap_set(&ex, page, ExtentKind::Large, 0, want);
+            // SAFETY: lock held; the tail is ours.
+            unsafe {
+                self.pm(page).len = want as u32;
+                ex.large_pages -= have - want;
+                self.pm(page + want).kind = ExtentKind::Large as u8;
+                self.pm(page + want).len = (have - want) as u32;
+                self.pm(page + want).head = (page + want) as u32;
+                self.free_extent_locked(&mut ex, page + want, have - want, false);
+            }
+            return true;
+        }
+        // grow into the next extent if it is free, in the same zone, and large enough
+        let nx = page + have;
+        let Some((_, z)) = Self::zone_of(&ex, page) else {
+            return false;
+        };
+        if nx >= z.start + z.npages {
+            return false;
+        }
+        // SAFETY: lock held; `nx` inside the zone.
+        let (nk, nh, nl) = unsafe {
+            let m = self.pm(nx);
+            (m.kind, m.head, m.len as usize)
+        };
+        if nk != ExtentKind::Free as u8 || nh != nx as u32 || have + nl < want {
+            return false;
+        }
+        // SAFETY: lock held.
+        unsafe { self.bin_remove(&mut ex, nx) };
+        let rest = have + nl - want;
+        // Ordering: the remainder's head, then the grown extent's head.
+        if rest > 0 {
+            self.pmap_set(&ex, page + want, ExtentKind::Free, 0, rest);
+        }
+        self.pmap_set(&ex, page, ExtentKind::Large, 0, want);
+        // SAFETY: lock held.
+        unsafe {
+            self.pm(page).len = want as u32;
+            if rest > 0 {
+                self.bin_insert(&mut ex, page + want, rest, false);
+            }
+        }
+        ex.large_pages += want - have;
+        true
+    }
+
+    // ------------------------------------------------------------------ thread caches
+
+    #[inline]
+    fn tcache(&self, tid: u32) -> Option<&TCache> {
+        if tid as usize >= MAX_THREADS || tid == 0 {
+            return None;
+        }
+        let t = tid as usize;
+        let bit = 1u64 << (t % 64);
+        if self.touched[t / 64].load(Ordering::Relaxed) & bit == 0 {
+            self.touch_tcache(t);
+        }
+        // SAFETY: slot `t` of the tcache reservation; zero-initialised memory is an empty cache;
+        // only the thread that owns `tid` uses it (and flushes run when it cannot).
+        Some(unsafe { &*self.tcaches.ptr().cast::<TCache>().add(t) })
+    }
+
+    #[cold]
+    fn touch_tcache(&self, t: usize) {
+        self.touched[t / 64].fetch_or(1 << (t % 64), Ordering::Relaxed);
+        if !self.registered.swap(true, Ordering::AcqRel) {
+            tcache::register_heap(self as *const Self as usize, Self::VTABLE);
+        }
+    }
+
+    /// Flushes thread `tid`'s cache back to the bins.
+    fn flush_tid(&self, tid: u32) {
+        let t = tid as usize;
+        if t >= MAX_THREADS || self.touched[t / 64].load(Ordering::Relaxed) & (1 << (t % 64)) == 0 {
+            return;
+        }
+        // SAFETY: as in `tcache`; the owner is exiting (or the heap is closing, quiescent).
+        let tc = unsafe { &*self.tcaches.ptr().cast::<TCache>().add(t) };
+        let mut buf = [ptr::null_mut(); tcache::MAX_CAP];
+        for c in 0..NCLASSES {
+            let n = tc.drain_into(c, &mut buf);
+            if n > 0 {
+                self.return_blocks(c, &buf[..n]);
+            }
+        }
+    }
+
+    const VTABLE: &'static tcache::HeapVTable = &tcache::HeapVTable {
+        flush: Self::flush_tid_erased,
+    };
+
+    /// # Safety
+    /// `heap` is the address of a live, registered `HeapCore<P>`.
+    unsafe fn flush_tid_erased(heap: usize, tid: u32) {
+        // SAFETY: forwarded from the registry, which only holds live heaps.
+        unsafe { (*(heap as *const Self)).flush_tid(tid) }
+    }
+
+    /// Returns every thread cache to the bins. Callers must ensure no thread allocates from the
+    /// heap concurrently (close, checks, tests).
+    pub fn flush_all_caches(&self) {
+        for t in 1..MAX_THREADS {
+            self.flush_tid(t as u32);
+        }
+    }
+
+    /// Unregisters from the thread registry (before drop).
+    pub(crate) fn unregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            tcache::unregister_heap(self as *const Self as usize);
+        }
+    }
+
+    // ------------------------------------------------------------------ statistics
+
+    /// Current statistics (cheap: a few locks, no walk).
+    pub fn stats(&self) -> HeapStats {
+        let mut s = HeapStats::default();
+        let mut small_out = 0u64;
+        for c in 0..NCLASSES {
+            let b = self.bins[c].0.lock();
+            small_out += b.blocks_out * class_size(c) as u64;
+        }
+        let mut cached = 0u64;
+        for w in 0..MAX_THREADS / 64 {
+            let mut bits = self.touched[w].load(Ordering::Relaxed);
+            while bits != 0 {
+                let t = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // SAFETY: touched slots are initialised caches; counts are atomics.
+                let tc = unsafe { &*self.tcaches.ptr().cast::<TCache>().add(t) };
+                cached += tc.cached_bytes();
+            }
+        }
+        let ex = self.extents.lock();
+        let mut meta = 0;
+        let mut mapped = 0;
+        for z in ex.zones[..ex.nzones].iter().flatten() {
+            meta += z.meta_pages as u64;
+            mapped += (z.npages * PAGE) as u64;
+        }
+        s.mapped = mapped;
+        s.free = (ex.free_pages * PAGE) as u64;
+        s.run_pages = ex.run_pages as u64;
+        s.large_pages = ex.large_pages as u64;
+        s.meta_pages = meta;
+        s.cached = cached;
+        s.in_use = small_out.saturating_sub(cached) + (ex.large_pages * PAGE) as u64;
+        s
+    }
+
+    // ------------------------------------------------------------------ open / recovery support
+
+    /// Walks every zone's durable page map and rebuilds the volatile page metadata. Returns the
+    /// extents (head, len, kind, class) in address order. Bins are not touched.
+    pub(crate) fn walk(&self) -> Result<Vec<(usize, usize, ExtentKind, u8)>, HeapCorruption> {
+        let ex = self.extents.lock();
+        let mut out = Vec::new();
+        for (zi, z) in ex.zones[..ex.nzones].iter().flatten().enumerate() {
+            let mut rel = 0;
+            while rel < z.npages {
+                // SAFETY: `rel < npages` words of the zone's page map.
+                let w = u64::from_le(unsafe {
+                    (*(z.pmap.add(rel) as *const AtomicU64)).load(Ordering::Acquire)
+                });
+                let page = z.start + rel;
+                let e = PageEntry::decode(w).map_err(|error| HeapCorruption::Entry {
+                    zone: zi,
+                    page,
+                    error,
+                })?;
+                let len = e.len as usize;
+                if rel + len > z.npages {
+                    return Err(HeapCorruption::Tiling {
+                        zone: zi,
+                        page,
+                        what: "extent runs past the end of its zone",
+                    });
+                }
+                if (rel == 0) != (e.kind == ExtentKind::Meta) && z.meta_pages > 0 {
+                    return Err(HeapCorruption::Tiling {
+                        zone: zi,
+                        page,
+                        what: "metadata extent misplaced",
+                    });
+                }
+                if e.kind == ExtentKind::Meta && len != z.meta_pages {
+                    return Err(HeapCorruption::Tiling {
+                        zone: zi,
+                        page,
+                        what: "metadata extent has the wrong length",
+                    });
+                }
+                if e.kind == ExtentKind::Run && len != run_pages(e.class as usize) {
+                    return Err(HeapCorruption::Tiling {
+                        zone: zi,
+                        page,
+                        what: "run length does not match its class",
+                    });
+                }
+                // SAFETY: pages inside the reservation; open is single-threaded.
+                unsafe {
+                    match e.kind {
+                        ExtentKind::Run | ExtentKind::Large | ExtentKind::Meta => {
+                            for i in 0..len {
+                                let m = self.pm(page + i);
+                                m.head = page as u32;
+                                m.kind = e.kind as u8;
+                                m.class = e.class;
+                                m.flags = 0;
+                            }
+                        }
+                        ExtentKind::Free => {
+                            let m = self.pm(page);
+                            m.kind = e.kind as u8;
+                            m.head = page as u32;
+                            m.flags = 0;
+                        }
+                    }
+                    self.pm(page).len = len as u32;
+                }
+                out.push((page, len, e.kind, e.class));
+                rel += len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// For recovery: the block containing pool offset `off`, if it lies in a run block or a large
+    /// extent. Returns (block start page-relative pointer, block size, run head or large head,
+    /// block index within the run or `usize::MAX` for large).
+    pub(crate) fn block_at(&self, off: usize) -> Option<(*mut u8, usize, usize, usize)> {
+        let page = off >> PAGE_SHIFT;
+        if page >= self.max_pages {
+            return None;
+        }
+        // SAFETY: inside the reservation; recovery is single-threaded.
+        let m = unsafe { &*self.meta_at(page) };
+        if m.kind == ExtentKind::Run as u8 {
+            let head = m.head as usize;
+            let c = m.class as usize;
+            let size = class_size(c);
+            let idx = (off - head * PAGE) / size;
+            if idx >= run_blocks(c) {
+                return None;
+            }
+            Some((
+                self.page_ptr(head).wrapping_add(idx * size),
+                size,
+                head,
+                idx,
+            ))
+        } else if m.kind == ExtentKind::Large as u8 {
+            let head = m.head as usize;
+            // SAFETY: as above.
+            let h = unsafe { &*self.meta_at(head) };
+            Some((self.page_ptr(head), h.len as usize * PAGE, head, usize::MAX))
+        } else {
+            None
+        }
+    }
+
+    /// For recovery: marks a block; returns true if it was not marked before.
+    pub(crate) fn mark(&self, head: usize, idx: usize) -> bool {
+        // SAFETY: recovery is single-threaded; `head` is a run or large head from `block_at`.
+        unsafe {
+            if idx == usize::MAX {
+                let m = self.pm(head);
+                let was = m.flags & F_MARK != 0;
+                m.flags |= F_MARK;
+                !was
+            } else {
+                let w = &mut *self.bitmap_words(head).add(idx / 64);
+                let was = *w & (1 << (idx % 64)) != 0;
+                *w |= 1 << (idx % 64);
+                !was
+            }
+        }
+    }
+
+    /// Whether a block is taken (for tests and checks after open).
+    pub(crate) fn is_taken(&self, head: usize, idx: usize) -> bool {
+        // SAFETY: single-threaded inspection after open (callers hold no cache).
+        unsafe {
+            if idx == usize::MAX {
+                self.pm(head).kind == ExtentKind::Large as u8
+            } else {
+                *self.bitmap_words(head).add(idx / 64) & (1 << (idx % 64)) != 0
+            }
+        }
+    }
+
+    /// Clears every volatile bitmap word of the runs in `extents` (before a recovery mark).
+    pub(crate) fn clear_marks(&self, extents: &[(usize, usize, ExtentKind, u8)]) {
+        for &(p, len, k, _) in extents {
+            if k == ExtentKind::Run {
+                // SAFETY: the run's bitmap words; single-threaded open.
+                unsafe { ptr::write_bytes(self.bitmap_words(p), 0, len * BM_WORDS) };
+            }
+            // SAFETY: as above.
+            unsafe { self.pm(p).flags &= !F_MARK };
+        }
+    }
+
+    /// Loads the run bitmaps saved at the last clean close from the zones' persistent areas.
+    pub(crate) fn load_bitmaps(&self) {
+        let ex = self.extents.lock();
+        for z in ex.zones[..ex.nzones].iter().flatten() {
+            if z.pbitmap.is_null() {
+                continue;
+            }
+            // SAFETY: the persistent area holds 32 bytes per zone page; the volatile bitmaps
+            // hold the same per pool page.
+            unsafe {
+                ptr::copy_nonoverlapping(
+                    z.pbitmap,
+                    self.bitmap_words(z.start).cast::<u8>(),
+                    z.npages * BITMAP_BYTES_PER_PAGE,
+                )
+            };
+        }
+    }
+
+    /// Saves the run bitmaps into the zones' persistent areas and persists them (clean close).
+    /// Thread caches must have been flushed first.
+    pub(crate) fn save_bitmaps(&self) {
+        let ex = self.extents.lock();
+        for z in ex.zones[..ex.nzones].iter().flatten() {
+            if z.pbitmap.is_null() {
+                continue;
+            }
+            // SAFETY: as in `load_bitmaps`; the area is inside the mapped zone metadata.
+            unsafe {
+                self.persist.memcpy_nodrain(
+                    z.pbitmap,
+                    self.bitmap_words(z.start).cast::<u8>(),
+                    z.npages * BITMAP_BYTES_PER_PAGE,
+                )
+            };
+        }
+        self.persist.drain();
+    }
+
+    /// After `walk` and either `load_bitmaps` (clean) or a recovery mark (marks = taken):
+    /// computes free counts, frees empty runs and (after recovery) unmarked large extents,
+    /// merges adjacent free extents (persisting merged heads) and fills the bins.
+    pub(crate) fn rebuild(
+        &self,
+        extents: &[(usize, usize, ExtentKind, u8)],
+        recovered: bool,
+    ) -> RebuildReport {
+        let mut rep = RebuildReport::default();
+        let mut ex = self.extents.lock();
+        ex.free_pages = 0;
+        ex.run_pages = 0;
+        ex.large_pages = 0;
+        let mut pending_free: Option<(usize, usize)> = None; // merged free extent being built
+        let flush_free = |this: &Self,
+                          ex: &mut ExtentState,
+                          f: Option<(usize, usize)>,
+                          rep: &mut RebuildReport| {
+            if let Some((p, n)) = f {
+                // SAFETY: single-threaded open; the pages form one free extent.
+                let cur = unsafe { this.pm(p).len as usize };
+                let was_free_head = unsafe { this.pm(p).kind == ExtentKind::Free as u8 };
+                if cur != n || !was_free_head {
+                    this.pmap_set(ex, p, ExtentKind::Free, 0, n);
+                    rep.merged += 1;
+                }
+                // SAFETY: as above.
+                unsafe { this.bin_insert(ex, p, n, false) };
+            }
+        };
+        let mut zone_end = 0;
+        for &(p, len, kind, class) in extents {
+            // a new zone boundary ends any pending free extent
+            if let Some((_, z)) = Self::zone_of(&ex, p) {
+                if z.start + z.npages != zone_end {
+                    flush_free(self, &mut ex, pending_free.take(), &mut rep);
+                    zone_end = z.start + z.npages;
+                }
+            }
+            let free_it = match kind {
+                ExtentKind::Meta => {
+                    flush_free(self, &mut ex, pending_free.take(), &mut rep);
+                    continue;
+                }
+                ExtentKind::Free => true,
+                ExtentKind::Run => {
+                    let c = class as usize;
+                    let nb = run_blocks(c);
+                    let words = self.bitmap_words(p);
+                    let mut taken = 0usize;
+                    for w in 0..nb.div_ceil(64) {
+                        let valid = if (w + 1) * 64 <= nb {
+                            u64::MAX
+                        } else {
+                            (1u64 << (nb - w * 64)) - 1
+                        };
+                        // SAFETY: run bitmap words; single-threaded.
+                        taken += unsafe { (*words.add(w) & valid).count_ones() } as usize;
+                    }
+                    rep.live_blocks += taken;
+                    if taken == 0 {
+                        rep.freed_runs += 1;
+                        true
+                    } else {
+                        // normalise the bitmap tail and enter the run into its bin
+                        let mut saved = [0u64; 4096 / 64];
+                        for (w, v) in saved.iter_mut().enumerate().take(nb.div_ceil(64)) {
+                            // SAFETY: as above.
+                            *v = unsafe { *words.add(w) };
+                        }
+                        self.init_run(p, c);
+                        for (w, v) in saved.iter().enumerate().take(nb.div_ceil(64)) {
+                            // SAFETY: as above.
+                            unsafe { *words.add(w) |= *v };
+                        }
+                        // SAFETY: as above.
+                        unsafe { self.pm(p).nfree = (nb - taken) as u32 };
+                        ex.run_pages += len;
+                        let mut bin = self.bins[c].0.lock();
+                        bin.runs += 1;
+                        bin.blocks_out += taken as u64;
+                        if taken < nb {
+                            self.partial_push(&mut bin, p);
+                        }
+                        false
+                    }
+                }
+                ExtentKind::Large => {
+                    // SAFETY: single-threaded.
+                    let marked = unsafe { self.pm(p).flags & F_MARK != 0 };
+                    if recovered && !marked {
+                        rep.freed_large += 1;
+                        true
+                    } else {
+                        rep.live_blocks += 1;
+                        ex.large_pages += len;
+                        self.large_live.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: single-threaded.
+                        unsafe { self.pm(p).flags &= !F_MARK };
+                        false
+                    }
+                }
+            };
+            if free_it {
+                pending_free = match pending_free {
+                    Some((fp, fl)) if fp + fl == p => Some((fp, fl + len)),
+                    other => {
+                        flush_free(self, &mut ex, other, &mut rep);
+                        Some((p, len))
+                    }
+                };
+                // SAFETY: single-threaded; pages no longer a run/large.
+                unsafe {
+                    for i in 0..len {
+                        let m = self.pm(p + i);
+                        if m.kind != ExtentKind::Free as u8 {
+                            m.kind = ExtentKind::Free as u8;
+                        }
+                    }
+                }
+            } else {
+                flush_free(self, &mut ex, pending_free.take(), &mut rep);
+            }
+        }
+        flush_free(self, &mut ex, pending_free.take(), &mut rep);
+        rep
+    }
+
+    /// Full consistency check of the engine state against the durable page map. The heap must
+    /// be quiescent (no concurrent allocation); thread caches are flushed first.
+    pub fn check(&self) -> Result<CheckReport, HeapCorruption> {
+        self.flush_all_caches();
+        let ex_list = {
+            // re-walk the durable page map without disturbing volatile state: decode only
+            let ex = self.extents.lock();
+            let mut v = Vec::new();
+            for (zi, z) in ex.zones[..ex.nzones].iter().flatten().enumerate() {
+                let mut rel = 0;
+                while rel < z.npages {
+                    // SAFETY: inside the zone's page map.
+                    let w = u64::from_le(unsafe {
+                        (*(z.pmap.add(rel) as *const AtomicU64)).load(Ordering::Acquire)
+                    });
+                    let page = z.start + rel;
+                    let e = PageEntry::decode(w).map_err(|error| HeapCorruption::Entry {
+                        zone: zi,
+                        page,
+                        error,
+                    })?;
+                    if rel + e.len as usize > z.npages {
+                        return Err(HeapCorruption::Tiling {
+                            zone: zi,
+                            page,
+                            what: "extent runs past the end of its zone",
+                        });
+                    }
+                    v.push((page, e));
+                    rel += e.len as usize;
+                }
+            }
+            v
+        };
+        let mut rep = CheckReport::default();
+        let ex = self.extents.lock();
+        let mut prev_free_end = usize::MAX;
+        let mut free_pages = 0;
+        for &(p, e) in &ex_list {
+            // SAFETY: quiescent heap; reading metadata.
+            let m = unsafe { &*self.meta_at(p) };
+            let bad = |what: String| Err(HeapCorruption::State { page: p, what });
+            if m.kind != e.kind as u8 {
+                return bad(format!(
+                    "volatile kind {} but page map says {:?}",
+                    m.kind, e.kind
+                ));
+            }
+            if m.len != e.len {
+                return bad(format!(
+                    "volatile length {} but page map says {}",
+                    m.len, e.len
+                ));
+            }
+            rep.extents += 1;
+            match e.kind {
+                ExtentKind::Free => {
+                    if prev_free_end == p {
+                        return bad("two adjacent free extents were not merged".into());
+                    }
+                    prev_free_end = p + e.len as usize;
+                    free_pages += e.len as usize;
+                    rep.free_pages += e.len as usize;
+                    // SAFETY: tail metadata of the free extent.
+                    let t = unsafe { &*self.meta_at(p + e.len as usize - 1) };
+                    if t.head as usize != p {
+                        return bad("free extent tail does not point at its head".into());
+                    }
+                }
+                ExtentKind::Run => {
+                    prev_free_end = usize::MAX;
+                    let c = e.class as usize;
+                    if m.class as usize != c {
+                        return bad("run class mismatch".into());
+                    }
+                    let nb = run_blocks(c);
+                    let words = self.bitmap_words(p);
+                    let mut taken = 0;
+                    for w in 0..(e.len as usize * BM_WORDS) {
+                        // SAFETY: run bitmap words.
+                        let v = unsafe { *words.add(w) };
+                        let first = w * 64;
+                        let tail_mask = if first >= nb {
+                            u64::MAX
+                        } else if first + 64 > nb {
+                            !0u64 << (nb - first)
+                        } else {
+                            0
+                        };
+                        if v & tail_mask != tail_mask {
+                            return bad("bits past the last block are not set".into());
+                        }
+                        taken += (v & !tail_mask).count_ones() as usize;
+                    }
+                    if m.nfree as usize != nb - taken {
+                        return bad(format!(
+                            "run nfree {} but bitmap has {} free",
+                            m.nfree,
+                            nb - taken
+                        ));
+                    }
+                    if (m.flags & F_PARTIAL != 0) != (m.nfree > 0) {
+                        return bad(
+                            "run partial-list membership disagrees with its free count".into()
+                        );
+                    }
+                    for i in 0..e.len as usize {
+                        // SAFETY: run pages.
+                        let pm = unsafe { &*self.meta_at(p + i) };
+                        if pm.head as usize != p || pm.kind != ExtentKind::Run as u8 {
+                            return bad(format!("run page {} does not point at its head", p + i));
+                        }
+                    }
+                    rep.run_blocks_live += taken;
+                    rep.runs += 1;
+                }
+                ExtentKind::Large => {
+                    prev_free_end = usize::MAX;
+                    rep.large += 1;
+                }
+                ExtentKind::Meta => prev_free_end = usize::MAX,
+            }
+        }
+        if free_pages != ex.free_pages {
+            return Err(HeapCorruption::State {
+                page: 0,
+                what: format!(
+                    "bins hold {} free pages, page map has {free_pages}",
+                    ex.free_pages
+                ),
+            });
+        }
+        // every bin entry is a free extent head of the right size
+        let mut binned = 0;
+        for b in 0..EXT_BINS {
+            let mut cur = ex.bins[b];
+            while cur != NIL {
+                // SAFETY: bin lists link free heads.
+                let m = unsafe { &*self.meta_at(cur as usize) };
+                if m.kind != ExtentKind::Free as u8 || ext_bin(m.len as usize) != b {
+                    return Err(HeapCorruption::State {
+                        page: cur as usize,
+                        what: "bin list holds a non-free extent or one of the wrong size".into(),
+                    });
+                }
+                binned += m.len as usize;
+                cur = m.next;
+            }
+        }
+        if binned != free_pages {
+            return Err(HeapCorruption::State {
+                page: 0,
+                what: format!("bins link {binned} pages, page map has {free_pages} free"),
+            });
+        }
+        Ok(rep)
+    }
+}
+
+impl<P: Persist> Drop for HeapCore<P> {
+    fn drop(&mut self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            tcache::unregister_heap(self as *const Self as usize);
+        }
+    }
+}
+
+/// What [`HeapCore::rebuild`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Live blocks (run blocks and large extents) kept.
+    pub live_blocks: usize,
+    /// Runs without live blocks returned to free pages.
+    pub freed_runs: usize,
+    /// Unreachable large extents freed (recovery only).
+    pub freed_large: usize,
+    /// Free extents merged (a durable head written).
+    pub merged: usize,
+}
+
+/// What [`HeapCore::check`] saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Extents in the page maps.
+    pub extents: usize,
+    /// Runs.
+    pub runs: usize,
+    /// Live blocks in runs.
+    pub run_blocks_live: usize,
+    /// Large allocations.
+    pub large: usize,
+    /// Free pages.
+    pub free_pages: usize,
+}

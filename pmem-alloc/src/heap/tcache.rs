@@ -1,0 +1,220 @@
+//! Per-thread caches, thread ids and the registry of heaps (for thread-exit flushes and fork).
+//!
+//! Each thread gets a small integer id (1..MAX_THREADS) on its first allocation; every heap keeps
+//! a cache slot per id at a fixed address in a lazily-faulted reservation, so the fast path is a
+//! thread-local load, an index, and a pop or push. Zeroed memory is an empty cache.
+//!
+//! Invariants:
+//! - only the thread that owns an id touches the slots of its caches, except the thread-exit
+//!   flush (run by the exiting owner itself) and quiescent flushes (close, check);
+//! - `count` is atomic (relaxed) only so that statistics may read it from other threads;
+//! - blocks in a cache are "taken" in their run's bitmap: recovery after a crash finds them
+//!   unreachable and frees them.
+
+use crate::size_class::{class_size, NCLASSES};
+use crate::sync::{AtomicU32, Locked};
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::Ordering;
+
+/// Most threads with a cache at once; further threads use the locked path.
+pub(crate) const MAX_THREADS: usize = 1024;
+/// Largest cache capacity of any class.
+pub(crate) const MAX_CAP: usize = 64;
+/// Most heaps with thread caches at once.
+const MAX_HEAPS: usize = 64;
+/// Thread id meaning "exiting or out of ids: no cache".
+const NO_TID: u32 = u32::MAX;
+
+/// Cache capacity of class `c` (bounded by bytes for big classes).
+#[inline]
+pub(crate) fn cap(c: usize) -> usize {
+    match class_size(c) {
+        0..=1024 => 64,
+        1025..=4096 => 32,
+        4097..=8192 => 16,
+        _ => 8,
+    }
+}
+
+/// Blocks moved per refill.
+#[inline]
+pub(crate) fn batch(c: usize) -> usize {
+    cap(c) / 2
+}
+
+#[repr(C)]
+pub(crate) struct TBin {
+    count: AtomicU32,
+    slots: UnsafeCell<[*mut u8; MAX_CAP]>,
+}
+
+/// One thread's cache for one heap.
+#[repr(C)]
+pub(crate) struct TCache {
+    bins: [TBin; NCLASSES],
+}
+
+impl TCache {
+    #[inline]
+    pub(crate) fn pop(&self, c: usize) -> Option<*mut u8> {
+        let b = &self.bins[c];
+        let n = b.count.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        b.count.store(n - 1, Ordering::Relaxed);
+        // SAFETY: only the owning thread touches the slots (module invariant); `n - 1 < cap`.
+        Some(unsafe { (*b.slots.get())[(n - 1) as usize] })
+    }
+
+    /// Pushes unless full.
+    #[inline]
+    pub(crate) fn push(&self, c: usize, p: *mut u8) -> bool {
+        let b = &self.bins[c];
+        let n = b.count.load(Ordering::Relaxed);
+        if n as usize >= cap(c) {
+            return false;
+        }
+        // SAFETY: owner-only access; `n < cap <= MAX_CAP`.
+        unsafe { (*b.slots.get())[n as usize] = p };
+        b.count.store(n + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Pushes; the caller knows there is room (after a refill into an empty cache).
+    #[inline]
+    pub(crate) fn push_unchecked(&self, c: usize, p: *mut u8) {
+        let ok = self.push(c, p);
+        debug_assert!(ok);
+    }
+
+    /// Moves up to `out.len()` blocks out of the cache (oldest first); returns how many.
+    pub(crate) fn drain_into(&self, c: usize, out: &mut [*mut u8]) -> usize {
+        let b = &self.bins[c];
+        let n = b.count.load(Ordering::Relaxed) as usize;
+        let k = n.min(out.len());
+        // SAFETY: owner-only (or quiescent) access; indexes below `n`.
+        unsafe {
+            let s = &mut *b.slots.get();
+            out[..k].copy_from_slice(&s[..k]);
+            s.copy_within(k..n, 0);
+        }
+        b.count.store((n - k) as u32, Ordering::Relaxed);
+        k
+    }
+
+    /// Bytes held (for statistics; racy but atomic).
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        (0..NCLASSES)
+            .map(|c| self.bins[c].count.load(Ordering::Relaxed) as u64 * class_size(c) as u64)
+            .sum()
+    }
+}
+
+thread_local! {
+    static TID: Cell<u32> = const { Cell::new(0) };
+    static EXIT: ExitGuard = const { ExitGuard };
+}
+
+/// The calling thread's id (assigning one on first use); `NO_TID` when none can be had.
+#[inline]
+pub(crate) fn current_tid() -> u32 {
+    let t = TID.with(|t| t.get());
+    if t != 0 {
+        return t;
+    }
+    assign_tid()
+}
+
+struct IdPool {
+    next: u32,
+    free: [u32; MAX_THREADS],
+    nfree: usize,
+}
+
+static IDS: Locked<IdPool> = Locked::new_const(IdPool {
+    next: 1,
+    free: [0; MAX_THREADS],
+    nfree: 0,
+});
+
+#[cold]
+fn assign_tid() -> u32 {
+    let id = {
+        let mut ids = IDS.lock();
+        if ids.nfree > 0 {
+            ids.nfree -= 1;
+            let n = ids.nfree;
+            ids.free[n]
+        } else if (ids.next as usize) < MAX_THREADS {
+            ids.next += 1;
+            ids.next - 1
+        } else {
+            NO_TID
+        }
+    };
+    TID.with(|t| t.set(id));
+    if id != NO_TID {
+        // Registers the exit destructor (glibc's __cxa_thread_atexit_impl; no lock is held).
+        let _ = EXIT.try_with(|_| ());
+    }
+    id
+}
+
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let t = TID.with(|t| t.replace(NO_TID));
+        if t == 0 || t == NO_TID {
+            return;
+        }
+        {
+            let heaps = HEAPS.lock();
+            for e in heaps.iter().flatten() {
+                // SAFETY: registered heaps are live (they unregister under this lock before
+                // they are dropped).
+                unsafe { (e.1.flush)(e.0, t) };
+            }
+        }
+        let mut ids = IDS.lock();
+        let n = ids.nfree;
+        ids.free[n] = t;
+        ids.nfree += 1;
+    }
+}
+
+/// Type-erased operations of a registered heap.
+#[derive(Debug)]
+pub(crate) struct HeapVTable {
+    /// Flushes one thread's cache.
+    pub(crate) flush: unsafe fn(usize, u32),
+}
+
+type Entry = Option<(usize, &'static HeapVTable)>;
+
+static HEAPS: Locked<[Entry; MAX_HEAPS]> = Locked::new_const([None; MAX_HEAPS]);
+
+/// Registers a heap so that exiting threads flush their caches into it. Returns false when the
+/// registry is full (the heap then works without flushes at thread exit: cached blocks of exited
+/// threads stay cached until close).
+pub(crate) fn register_heap(addr: usize, vt: &'static HeapVTable) -> bool {
+    let mut h = HEAPS.lock();
+    for e in h.iter_mut() {
+        if e.is_none() {
+            *e = Some((addr, vt));
+            return true;
+        }
+    }
+    false
+}
+
+/// Removes a heap from the registry (before it is dropped).
+pub(crate) fn unregister_heap(addr: usize) {
+    let mut h = HEAPS.lock();
+    for e in h.iter_mut() {
+        if matches!(e, Some((a, _)) if *a == addr) {
+            *e = None;
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Every on-media structure of a pool, and nothing else. docs/format.md is the prose version;
+//! keep the two in step.
+//!
+//! All multi-byte fields are little-endian and stored as byte arrays (`Le64` and friends), so
+//! the structs have alignment 1, no padding, and the same bytes on every platform. Each struct
+//! has compile-time size and offset assertions. Validation returns an error describing what is
+//! wrong; nothing here panics on bad bytes.
+//!
+//! ```text
+//! pool file:  | page 0: PoolHeader (256 B) | StateSlot A | StateSlot B | zero ... |
+//!             | zone 0: ZoneHeader | page map (8 B/page) | bitmaps (32 B/page) | pages ... |
+//!             | zone 1 (after growth) ... |
+//! ```
+
+use crate::size_class::{BITMAP_BYTES_PER_PAGE, NCLASSES, PAGE};
+use static_assertions::const_assert_eq;
+use std::mem::{offset_of, size_of};
+
+/// A little-endian `u16` stored as bytes.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Le16([u8; 2]);
+/// A little-endian `u32` stored as bytes.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Le32([u8; 4]);
+/// A little-endian `u64` stored as bytes.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Le64([u8; 8]);
+
+macro_rules! le {
+    ($t:ident, $n:ty) => {
+        impl $t {
+            /// Encodes `v`.
+            pub const fn new(v: $n) -> Self {
+                $t(v.to_le_bytes())
+            }
+            /// Decodes.
+            pub const fn get(self) -> $n {
+                <$n>::from_le_bytes(self.0)
+            }
+        }
+        impl From<$n> for $t {
+            fn from(v: $n) -> Self {
+                $t::new(v)
+            }
+        }
+    };
+}
+le!(Le16, u16);
+le!(Le32, u32);
+le!(Le64, u64);
+
+/// Pool magic: a PNG-style signature (non-ASCII first byte, CR-LF and EOF bytes catch text-mode
+/// transfers and truncation).
+pub const POOL_MAGIC: [u8; 8] = *b"\x89PMA\r\n\x1a\n";
+/// Zone magic.
+pub const ZONE_MAGIC: [u8; 8] = *b"PMAZONE\x01";
+/// Format major version: a reader refuses a different major.
+pub const FORMAT_MAJOR: u16 = 1;
+/// Format minor version: backwards-compatible additions.
+pub const FORMAT_MINOR: u16 = 0;
+
+/// Incompatible features this build understands (none defined yet in format 1.0). A pool with
+/// any other incompat bit set is refused.
+pub const INCOMPAT_SUPPORTED: u64 = 0;
+/// Read-only-compatible features this build understands.
+pub const RO_COMPAT_SUPPORTED: u64 = 0;
+
+/// Bytes reserved for the pool header and state slots (page 0).
+pub const HEADER_AREA: usize = PAGE;
+/// Offset of state slot A; slot B follows it.
+pub const STATE_SLOT_OFFSET: usize = 256;
+
+/// Architecture description stored in the header: a pool written on one architecture is refused
+/// on another (pointer layout, endianness and page size are baked into the format).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchFlags {
+    /// 1 = little endian.
+    pub little_endian: u8,
+    /// Pointer width in bits.
+    pub pointer_bits: u8,
+    /// log2 of the heap page size.
+    pub page_shift: u8,
+    /// Reserved, zero.
+    pub reserved0: u8,
+    /// ELF machine number (62 = x86-64, 183 = aarch64).
+    pub machine: Le16,
+    /// Reserved, zero.
+    pub reserved: [u8; 10],
+}
+const_assert_eq!(size_of::<ArchFlags>(), 16);
+
+impl ArchFlags {
+    /// The flags of the running process.
+    pub fn current() -> Self {
+        let machine: u16 = if cfg!(target_arch = "x86_64") {
+            62
+        } else if cfg!(target_arch = "aarch64") {
+            183
+        } else {
+            0
+        };
+        ArchFlags {
+            little_endian: cfg!(target_endian = "little") as u8,
+            pointer_bits: usize::BITS as u8,
+            page_shift: crate::size_class::PAGE_SHIFT as u8,
+            reserved0: 0,
+            machine: Le16::new(machine),
+            reserved: [0; 10],
+        }
+    }
+}
+
+/// The immutable pool header at offset 0 (written once, at create).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PoolHeader {
+    /// [`POOL_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`FORMAT_MAJOR`].
+    pub major: Le16,
+    /// [`FORMAT_MINOR`].
+    pub minor: Le16,
+    /// `size_of::<PoolHeader>()`.
+    pub header_size: Le32,
+    /// Compatible feature bits (ignored if unknown).
+    pub compat: Le64,
+    /// Incompatible feature bits (refused if unknown).
+    pub incompat: Le64,
+    /// Read-only-compatible feature bits (open read-only if unknown; refused for now).
+    pub ro_compat: Le64,
+    /// Random pool identity.
+    pub uuid: [u8; 16],
+    /// Architecture of the creator.
+    pub arch: ArchFlags,
+    /// Creation time, ns since the Unix epoch.
+    pub created_ns: Le64,
+    /// Size at creation.
+    pub initial_size: Le64,
+    /// Application layout name, NUL padded (like libpmemobj's layout).
+    pub layout: [u8; 32],
+    /// Must be zero.
+    pub reserved: [u8; 128],
+    /// CRC-32 (ISO-HDLC) of all preceding bytes, zero-extended to 64 bits.
+    pub checksum: Le64,
+}
+const_assert_eq!(size_of::<PoolHeader>(), 256);
+const_assert_eq!(offset_of!(PoolHeader, uuid), 40);
+const_assert_eq!(offset_of!(PoolHeader, arch), 56);
+const_assert_eq!(offset_of!(PoolHeader, layout), 88);
+const_assert_eq!(offset_of!(PoolHeader, checksum), 248);
+
+/// State flag: the pool was closed cleanly; allocation bitmaps are valid and no recovery is
+/// needed.
+pub const STATE_CLEAN: u32 = 1;
+
+/// A mutable state record. Two copies (A and B) alternate: an update writes the older slot
+/// completely, persists it, and is then in force (highest valid `seq` wins).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateSlot {
+    /// Generation; the valid slot with the highest wins.
+    pub seq: Le64,
+    /// Bytes of the file covered by zones.
+    pub pool_size: Le64,
+    /// Number of zones.
+    pub nzones: Le32,
+    /// [`STATE_CLEAN`] and future flags.
+    pub flags: Le32,
+    /// Offset of the root object (0 = none yet).
+    pub root_off: Le64,
+    /// Size of the root object as requested by the application.
+    pub root_size: Le64,
+    /// CRC-32 of every zone's bitmap area, written at a clean close (checked at a clean open; a
+    /// mismatch makes the open run recovery instead of trusting the bitmaps).
+    pub bitmap_crc: Le64,
+    /// Must be zero.
+    pub reserved: [u8; 8],
+    /// CRC-32 of the preceding bytes.
+    pub checksum: Le64,
+}
+const_assert_eq!(size_of::<StateSlot>(), 64);
+const_assert_eq!(offset_of!(StateSlot, bitmap_crc), 40);
+const_assert_eq!(offset_of!(StateSlot, checksum), 56);
+
+/// Header at the start of every zone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneHeader {
+    /// [`ZONE_MAGIC`].
+    pub magic: [u8; 8],
+    /// Index of the zone (0, 1, ...).
+    pub index: Le32,
+    /// Must be zero.
+    pub reserved0: Le32,
+    /// First page of the zone, counted from the pool base.
+    pub start_page: Le64,
+    /// Pages in the zone, its metadata pages included.
+    pub npages: Le64,
+    /// Metadata pages at the start of the zone (this header, the page map, the bitmaps).
+    pub meta_pages: Le64,
+    /// The first 8 bytes of the pool UUID (a zone of another pool is detected).
+    pub pool_uuid: [u8; 8],
+    /// Must be zero.
+    pub reserved: [u8; 8],
+    /// CRC-32 of the preceding bytes.
+    pub checksum: Le64,
+}
+const_assert_eq!(size_of::<ZoneHeader>(), 64);
+
+/// Offset of the page map inside a zone's metadata.
+pub const ZONE_PMAP_OFFSET: usize = 64;
+
+/// Metadata pages needed by a zone of `npages` pages (header, page map, bitmaps).
+pub const fn zone_meta_pages(npages: usize) -> usize {
+    (ZONE_PMAP_OFFSET + npages * (8 + BITMAP_BYTES_PER_PAGE)).div_ceil(PAGE)
+}
+
+/// Offset of the bitmap area inside a zone's metadata.
+pub const fn zone_bitmap_offset(npages: usize) -> usize {
+    (ZONE_PMAP_OFFSET + npages * 8).next_multiple_of(64)
+}
+
+const _: () = assert!(zone_bitmap_offset(1) + BITMAP_BYTES_PER_PAGE <= zone_meta_pages(1) * PAGE);
+
+/// Kind of an extent, stored in its head page-map entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExtentKind {
+    /// Free pages.
+    Free = 1,
+    /// A run of small blocks of one size class.
+    Run = 2,
+    /// One large allocation.
+    Large = 3,
+    /// Zone metadata (never allocated, never freed).
+    Meta = 4,
+}
+
+/// Check bits in every head entry: a random or zeroed word is recognised as not an entry.
+pub const PMAP_CHECK: u64 = 0xA55A;
+
+/// One page-map entry: meaningful only at the head page of an extent; entries of other pages
+/// are stale and never read. A little-endian u64, written with one 8-byte store:
+///
+/// ```text
+/// bits  0..8   kind (ExtentKind)
+/// bits  8..16  size class (Run)
+/// bits 16..48  length in pages
+/// bits 48..64  PMAP_CHECK
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageEntry {
+    /// Kind.
+    pub kind: ExtentKind,
+    /// Size class (runs), else 0.
+    pub class: u8,
+    /// Length in pages.
+    pub len: u32,
+}
+
+/// Why a page-map word is not a valid entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The check bits are wrong (garbage or never written).
+    #[error("page-map entry {0:#018x} has bad check bits")]
+    Check(u64),
+    /// Unknown kind.
+    #[error("page-map entry {0:#018x} has an unknown kind")]
+    Kind(u64),
+    /// Zero length, or a run class out of range.
+    #[error("page-map entry {0:#018x} has a bad length or class")]
+    Shape(u64),
+}
+
+impl PageEntry {
+    /// Encodes as the word stored in the page map.
+    pub const fn encode(self) -> u64 {
+        (self.kind as u64)
+            | ((self.class as u64) << 8)
+            | ((self.len as u64) << 16)
+            | (PMAP_CHECK << 48)
+    }
+
+    /// Decodes and validates a page-map word.
+    pub fn decode(w: u64) -> Result<PageEntry, EntryError> {
+        if w >> 48 != PMAP_CHECK {
+            return Err(EntryError::Check(w));
+        }
+        let kind = match w & 0xff {
+            1 => ExtentKind::Free,
+            2 => ExtentKind::Run,
+            3 => ExtentKind::Large,
+            4 => ExtentKind::Meta,
+            _ => return Err(EntryError::Kind(w)),
+        };
+        let class = ((w >> 8) & 0xff) as u8;
+        let len = ((w >> 16) & 0xffff_ffff) as u32;
+        if len == 0 || (kind == ExtentKind::Run && class as usize >= NCLASSES) {
+            return Err(EntryError::Shape(w));
+        }
+        if kind != ExtentKind::Run && class != 0 {
+            return Err(EntryError::Shape(w));
+        }
+        Ok(PageEntry { kind, class, len })
+    }
+}
+
+/// Tag in the top 16 bits of every non-null persistent pointer (see [`crate::pptr`]); the
+/// recovery scan treats only tagged words as pointers.
+pub const PPTR_TAG: u64 = 0x504D << 48;
+/// Mask of the offset part of a persistent pointer.
+pub const PPTR_OFFSET_MASK: u64 = (1 << 48) - 1;
+
+/// CRC-32 of `bytes` widened to the 64-bit checksum field.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    crc32fast::hash(bytes) as u64
+}
+
+/// The bytes of a `#[repr(C)]` on-media struct (all of which have alignment 1 and no padding).
+pub fn as_bytes<T: OnMedia>(v: &T) -> &[u8] {
+    // SAFETY: `OnMedia` types are repr(C), built only from byte arrays and u8 fields, so every
+    // byte is initialised and there is no padding.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Reads an on-media struct from the start of `bytes` (any alignment).
+pub fn read_from<T: OnMedia>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; `OnMedia` types are valid for every bit pattern (byte arrays and
+    // u8 fields only), and read_unaligned has no alignment requirement.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Marker for on-media structs: `#[repr(C)]`, alignment 1, no padding, valid for every bit
+/// pattern.
+///
+/// # Safety
+/// Implement only for types that satisfy all of the above.
+pub unsafe trait OnMedia: Copy {}
+// SAFETY: all four are repr(C) structs of byte arrays, u8 and Le* fields.
+unsafe impl OnMedia for PoolHeader {}
+// SAFETY: as above.
+unsafe impl OnMedia for StateSlot {}
+// SAFETY: as above.
+unsafe impl OnMedia for ZoneHeader {}
+// SAFETY: as above.
+unsafe impl OnMedia for ArchFlags {}
+
+impl PoolHeader {
+    /// Bytes covered by the checksum.
+    pub fn checksummed(&self) -> &[u8] {
+        &as_bytes(self)[..offset_of!(PoolHeader, checksum)]
+    }
+    /// Recomputes the checksum field.
+    pub fn seal(&mut self) {
+        self.checksum = Le64::new(checksum(self.checksummed()));
+    }
+    /// Whether the checksum matches.
+    pub fn checksum_ok(&self) -> bool {
+        self.checksum.get() == checksum(self.checksummed())
+    }
+}
+
+impl StateSlot {
+    /// Recomputes the checksum field.
+    pub fn seal(&mut self) {
+        self.checksum = Le64::new(checksum(&as_bytes(self)[..56]));
+    }
+    /// Whether the checksum matches and the reserved bytes are zero.
+    pub fn valid(&self) -> bool {
+        self.checksum.get() == checksum(&as_bytes(self)[..56]) && self.reserved == [0; 8]
+    }
+}
+
+impl ZoneHeader {
+    /// Recomputes the checksum field.
+    pub fn seal(&mut self) {
+        self.checksum = Le64::new(checksum(&as_bytes(self)[..56]));
+    }
+    /// Whether the checksum matches.
+    pub fn checksum_ok(&self) -> bool {
+        self.checksum.get() == checksum(&as_bytes(self)[..56])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_rejected() {
+        let e = PageEntry {
+            kind: ExtentKind::Run,
+            class: 5,
+            len: 16,
+        };
+        assert_eq!(PageEntry::decode(e.encode()), Ok(e));
+        assert!(PageEntry::decode(0).is_err());
+        assert!(PageEntry::decode(u64::MAX).is_err());
+        assert!(PageEntry::decode(PMAP_CHECK << 48 | 9 | 1 << 16).is_err());
+        assert!(
+            PageEntry::decode(PMAP_CHECK << 48 | 1).is_err(),
+            "zero length"
+        );
+    }
+
+    #[test]
+    fn header_checksum_detects_flips() {
+        let mut h = PoolHeader {
+            magic: POOL_MAGIC,
+            major: Le16::new(1),
+            minor: Le16::new(0),
+            header_size: Le32::new(256),
+            compat: Le64::new(0),
+            incompat: Le64::new(0),
+            ro_compat: Le64::new(0),
+            uuid: [7; 16],
+            arch: ArchFlags::current(),
+            created_ns: Le64::new(1),
+            initial_size: Le64::new(1 << 20),
+            layout: [0; 32],
+            reserved: [0; 128],
+            checksum: Le64::new(0),
+        };
+        h.seal();
+        assert!(h.checksum_ok());
+        let mut bytes = as_bytes(&h).to_vec();
+        for i in 0..bytes.len() * 8 {
+            bytes[i / 8] ^= 1 << (i % 8);
+            let h2: PoolHeader = read_from(&bytes).unwrap();
+            assert!(!h2.checksum_ok(), "flip of bit {i} undetected");
+            bytes[i / 8] ^= 1 << (i % 8);
+        }
+    }
+
+    #[test]
+    fn zone_metadata_fits() {
+        for n in [1usize, 100, 4096, 1 << 18] {
+            let m = zone_meta_pages(n);
+            assert!(zone_bitmap_offset(n) + n * BITMAP_BYTES_PER_PAGE <= m * PAGE);
+            // under 1.1% of the zone for any zone of at least 1024 pages
+            if n >= 1024 {
+                assert!(m * 1000 <= n * 11, "{n} pages need {m} meta pages");
+            }
+        }
+    }
+}
