@@ -34,7 +34,7 @@ done
 BOOT_TIMEOUT=${DAXVM_BOOT_TIMEOUT:-240}   # seconds per boot
 TEST_TIMEOUT=${DAXVM_TEST_TIMEOUT:-120}   # seconds per test process in the guest
 IMG_SIZE=${DAXVM_IMG_SIZE:-256M}          # NVDIMM images (small: the host greps them)
-FLUSH_METHODS="clwb clflushopt clflush"
+FLUSH_METHODS="clwb clflushopt clflush fence msync none"
 POWER_FAIL_RE='^DAXVM-POWER-FAIL-NOW'
 t_start=$SECONDS
 
