@@ -10,7 +10,7 @@
 //! - `DAXVM_MNT`, `DAXVM_DEV`: the ext4 `-o dax` mount and its `/dev/pmemN` (set by the guest init);
 //! - `PMEM_ALLOC_FLUSH`: when set, the DAX tests check that the persister uses that method;
 //! - `DAXVM_PHASE` (`write` | `check`) and `DAXVM_MARKER`: the two phases of the power-failure
-//!   tests.
+//!   tests; their marker is `$DAXVM_MARKER-<test name>`.
 //!
 //! Naming conventions that `guest-tests.sh` relies on: tests named `devdax_*` run in a guest
 //! booted with `--setup none` (no fsdax namespace; they make a devdax one), all others on the
@@ -368,9 +368,11 @@ fn phase() -> String {
     std::env::var("DAXVM_PHASE").expect("DAXVM_PHASE=write|check is not set")
 }
 
-/// The marker of a power-failure test (`DAXVM_MARKER`, unique per harness run).
-fn marker() -> String {
-    std::env::var("DAXVM_MARKER").unwrap_or_else(|_| "DAXVM-MARKER".into())
+/// The marker of the power-failure test `test`: `$DAXVM_MARKER` (unique per harness run) and the
+/// test's name, so that the markers of two tests on one image differ.
+fn marker(test: &str) -> String {
+    let run = std::env::var("DAXVM_MARKER").unwrap_or_else(|_| "DAXVM-MARKER".into());
+    format!("{run}-{test}")
 }
 
 /// Offsets of the power-failure marker in a mapping of `len` bytes: two on the first pages, one
@@ -381,8 +383,8 @@ fn marker_offsets(len: usize) -> [usize; 3] {
 
 /// Power-failure phase `write`: stores the marker, makes it durable with `persist_range` only
 /// (no msync, no fsync), prints [`POWER_FAIL_LINE`] and waits for the harness to kill qemu.
-fn write_marker_and_wait_for_power_failure(m: &Mapping) -> ! {
-    let marker = marker();
+fn write_marker_and_wait_for_power_failure(m: &Mapping, test: &str) -> ! {
+    let marker = marker(test);
     let offsets = marker_offsets(m.len());
     for off in offsets {
         m.write_at(off, marker.as_bytes()).unwrap();
@@ -402,8 +404,8 @@ fn write_marker_and_wait_for_power_failure(m: &Mapping) -> ! {
 }
 
 /// Power-failure phase `check`: the marker is at every offset.
-fn check_marker(m: &Mapping) {
-    let marker = marker();
+fn check_marker(m: &Mapping, test: &str) {
+    let marker = marker(test);
     let offsets = marker_offsets(m.len());
     for off in offsets {
         let mut buf = vec![0u8; marker.len()];
@@ -437,14 +439,14 @@ fn power_failure_keeps_persisted_data() {
             let m = Mapping::create(&path, 16 << 20, &dax).unwrap();
             assert_eq!(m.kind(), MapKind::SyncDax);
             check_cpu_flush(&m);
-            write_marker_and_wait_for_power_failure(&m);
+            write_marker_and_wait_for_power_failure(&m, "power_failure_keeps_persisted_data");
         }
         "check" => {
             let m = Mapping::open(&path, &dax)
                 .unwrap_or_else(|e| panic!("after the power failure: {e}"));
             assert_eq!(m.kind(), MapKind::SyncDax);
             assert_eq!(m.len(), 16 << 20);
-            check_marker(&m);
+            check_marker(&m, "power_failure_keeps_persisted_data");
             drop(m);
             std::fs::remove_file(&path).unwrap();
         }
@@ -468,9 +470,12 @@ fn devdax_power_failure_keeps_persisted_data() {
     match phase.as_str() {
         "write" => {
             check_cpu_flush(&m);
-            write_marker_and_wait_for_power_failure(&m);
+            write_marker_and_wait_for_power_failure(
+                &m,
+                "devdax_power_failure_keeps_persisted_data",
+            );
         }
-        "check" => check_marker(&m),
+        "check" => check_marker(&m, "devdax_power_failure_keeps_persisted_data"),
         other => panic!("DAXVM_PHASE={other}: expected write or check"),
     }
 }

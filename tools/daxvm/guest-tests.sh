@@ -155,8 +155,9 @@ suite() {
             result FAIL "$w" "run-in-vm.sh exit $boot_rc, expected 137 after the kill"
             excerpt "$w"
         fi
-        # host side: the marker, persisted at 3 offsets, is in the backing file after the kill
-        n=$(grep -a -o -F "$marker" "$img" 2>/dev/null | wc -l)
+        # host side: the test's marker, persisted at 3 offsets, is in the backing file after the
+        # kill (the tests write "$DAXVM_MARKER-<test name>")
+        n=$(grep -a -o -F "$marker-$t" "$img" 2>/dev/null | wc -l)
         if [ "$n" -ge 3 ]; then
             result PASS "$t (host: marker in the NVDIMM image file after the kill)" "$n copies"
         else
