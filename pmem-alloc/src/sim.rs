@@ -98,6 +98,12 @@ impl SimMedia {
         Self::build(image.len(), Some(image), true)
     }
 
+    /// Like [`SimMedia::from_image`] without eviction tracking (cheap fences: for reopening
+    /// crash images when the recovery itself is not being swept).
+    pub fn from_image_strict(image: &[u8]) -> SimMedia {
+        Self::build(image.len(), Some(image), false)
+    }
+
     /// Like [`SimMedia::new`] without eviction tracking: fences are cheaper (no diff of the
     /// region), and crash images can only be built with [`Evictions::None`].
     pub fn new_strict(len: usize) -> SimMedia {

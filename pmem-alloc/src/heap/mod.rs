@@ -1447,20 +1447,16 @@ impl<P: Persist + 'static> HeapCore<P> {
         ex.free_pages = 0;
         ex.run_pages = 0;
         ex.large_pages = 0;
-        let mut pending_free: Option<(usize, usize)> = None; // merged free extent being built
-        let flush_free = |this: &Self,
-                          ex: &mut ExtentState,
-                          f: Option<(usize, usize)>,
-                          rep: &mut RebuildReport| {
-            if let Some((p, n)) = f {
-                // SAFETY: single-threaded open; the pages form one free extent.
-                let cur = unsafe { this.pm(p).len as usize };
-                let was_free_head = unsafe { this.pm(p).kind == ExtentKind::Free as u8 };
-                if cur != n || !was_free_head {
+        // The free extent being built: (head, len, whether its durable head must be written:
+        // true when it merges several extents or contains a run/large being freed).
+        let mut pending_free: Option<(usize, usize, bool)> = None;
+        let flush_free = |this: &Self, ex: &mut ExtentState, f: Option<(usize, usize, bool)>, rep: &mut RebuildReport| {
+            if let Some((p, n, dirty)) = f {
+                if dirty {
                     this.pmap_set(ex, p, ExtentKind::Free, 0, n);
                     rep.merged += 1;
                 }
-                // SAFETY: as above.
+                // SAFETY: single-threaded open; the pages form one free extent in no bin.
                 unsafe { this.bin_insert(ex, p, n, false) };
             }
         };
@@ -1538,11 +1534,12 @@ impl<P: Persist + 'static> HeapCore<P> {
                 }
             };
             if free_it {
+                let was_free = kind == ExtentKind::Free;
                 pending_free = match pending_free {
-                    Some((fp, fl)) if fp + fl == p => Some((fp, fl + len)),
+                    Some((fp, fl, _)) if fp + fl == p => Some((fp, fl + len, true)),
                     other => {
                         flush_free(self, &mut ex, other, &mut rep);
-                        Some((p, len))
+                        Some((p, len, !was_free))
                     }
                 };
                 // SAFETY: single-threaded; pages no longer a run/large.
