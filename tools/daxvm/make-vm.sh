@@ -94,7 +94,7 @@ done
 
 # ------------------------------------------------------------------ up to date?
 # The initramfs depends on this script, the kernel and the host tools copied into it.
-stamp=$( { sha256sum "$0"; echo "$kver"; dpkg-query -W busybox-static ndctl daxctl e2fsprogs \
+stamp=$( { sha256sum < "$0"; echo "$kver"; dpkg-query -W busybox-static ndctl daxctl e2fsprogs \
     xfsprogs lvm2 kmod libc6 libgcc-s1 2>/dev/null; } | sha256sum | cut -d' ' -f1)
 if [ $force = 0 ] && [ -f "$OUT/base.cpio.gz" ] && [ -f "$OUT/vmlinuz" ] &&
     [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$stamp" ]; then
@@ -235,9 +235,10 @@ chmod +x "$R/init"
 
 (cd "$R" && find . | LC_ALL=C sort > "$tmp/list" && cpio -o -H newc --quiet < "$tmp/list" | gzip -1) \
     > "$tmp/base.cpio.gz"
-mv "$tmp/base.cpio.gz" "$OUT/base.cpio.gz"
-sed 's/^\.//' "$tmp/list" > "$OUT/base.list"
-cp "$KDIR/boot/vmlinuz-$kver" "$OUT/vmlinuz"
-echo "$kver" > "$OUT/kernel-version"
+# replace each output with a rename, so that a VM starting meanwhile sees old or new, never half
+sed 's/^\.//' "$tmp/list" > "$tmp/base.list"
+cp "$KDIR/boot/vmlinuz-$kver" "$tmp/vmlinuz"
+echo "$kver" > "$tmp/kernel-version"
+for f in vmlinuz base.cpio.gz base.list kernel-version; do mv -f "$tmp/$f" "$OUT/$f"; done
 echo "$stamp" > "$OUT/stamp"
 log "done: $OUT/vmlinuz ($kver), $OUT/base.cpio.gz ($(du -h "$OUT/base.cpio.gz" | cut -f1))"
