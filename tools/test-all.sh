@@ -29,10 +29,16 @@ phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 phase build cargo build --workspace --all-targets --locked
 phase workspace-tests cargo test --workspace --locked
+# The tests whose behaviour depends on the flush path, once per path (the simulator-based tests
+# do not depend on it and run once above).
+path_tests=(--lib --test flush_paths --test memops --test map_errors --test pool_basic --test kill_pool)
 for m in clwb clflushopt clflush msync none; do
-    phase "flush-$m" env PMEM_ALLOC_FLUSH=$m PMEM_ALLOC_FORCE_PMEM=1 cargo test -p pmem-alloc --tests --locked
+    phase "flush-$m" env PMEM_ALLOC_FLUSH=$m PMEM_ALLOC_FORCE_PMEM=1 cargo test -p pmem-alloc --locked "${path_tests[@]}"
 done
-phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem-alloc --tests --locked
+phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem-alloc --locked "${path_tests[@]}"
+# Heavy suites, with their counts printed: crash sweep (>= 10,000 crash images), process kills
+# (200), corruption (10,000 cases).
+phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
 if [ "${SKIP_GUEST:-0}" != 1 ]; then
     [ -x tools/daxvm/guest-tests.sh ] && phase guest-dax tools/daxvm/guest-tests.sh
     [ -x pmem-csi/ci/guest-test.sh ] && phase guest-csi pmem-csi/ci/guest-test.sh

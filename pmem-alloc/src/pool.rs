@@ -499,16 +499,20 @@ impl<P: Persist + 'static> Pool<P> {
         }
     }
 
-    /// Writes `slot` (with the next sequence number) into the older state slot and persists it.
+    /// Writes `slot` (with the next sequence number) into the older state slot and persists it;
+    /// that is the commit point. Then mirrors it into the other slot, so that afterwards damage
+    /// to either copy falls back to an identical twin rather than to the previous state.
     fn write_state(&self, mut slot: StateSlot) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         slot.seq = Le64::new(st.slot.seq.get() + 1);
         slot.seal();
         let which = 1 - st.which;
-        let dst = self.base.wrapping_add(STATE_SLOT_OFFSET + which * 64);
-        // SAFETY: the slot lies in page 0 of the mapping.
-        unsafe { std::ptr::copy_nonoverlapping(as_bytes(&slot).as_ptr(), dst, 64) };
-        self.persist_range(dst, 64);
+        for w in [which, 1 - which] {
+            let dst = self.base.wrapping_add(STATE_SLOT_OFFSET + w * 64);
+            // SAFETY: the slot lies in page 0 of the mapping.
+            unsafe { std::ptr::copy_nonoverlapping(as_bytes(&slot).as_ptr(), dst, 64) };
+            self.persist_range(dst, 64);
+        }
         st.slot = slot;
         st.which = which;
     }
@@ -582,7 +586,7 @@ impl<P: Persist + 'static> Pool<P> {
             header,
             state: Mutex::new(State { slot, which }),
             report: OpenReport::default(),
-            closed: false,
+            closed: true, // nothing is written back if open fails part-way
             mapping: mapping.map(Mutex::new),
             _keep: keep,
         };
@@ -633,8 +637,8 @@ impl<P: Persist + 'static> Pool<P> {
                 });
             }
             if np == 0
-                || start + np > pages
-                || zh.meta_pages.get() as usize != layout::zone_meta_pages(np)
+                || start.checked_add(np).is_none_or(|end| end > pages)
+                || zh.meta_pages.get() != layout::zone_meta_pages(np) as u64
             {
                 return Err(PoolError::Zone {
                     index,
@@ -688,35 +692,25 @@ impl<P: Persist + 'static> Pool<P> {
         pool.write_state(s);
         report.duration = t0.elapsed();
         pool.report = report;
+        pool.closed = false;
         Ok(pool)
     }
 
     fn bitmap_crc(&self) -> u64 {
         let mut h = crc32fast::Hasher::new();
-        let nz = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .slot
-            .nzones
-            .get() as usize;
-        let mut start = 1usize;
-        for _ in 0..nz {
-            // SAFETY: zone headers were validated (or just written) inside the mapping.
-            let zh: Option<ZoneHeader> =
-                read_from(unsafe { std::slice::from_raw_parts(self.base.add(start * PAGE), 64) });
-            let Some(zh) = zh else { break };
-            let np = zh.npages.get() as usize;
-            if np == 0 {
-                break;
+        for z in self.core.zones() {
+            if z.pbitmap.is_null() {
+                continue;
             }
-            let z = self.zone_desc(start, np, zh.meta_pages.get() as usize);
-            // SAFETY: the bitmap area is inside the zone's metadata pages.
+            // SAFETY: zones known to the engine were validated (or written) and their bitmap
+            // areas lie inside their metadata pages.
             let bm = unsafe {
-                std::slice::from_raw_parts(z.pbitmap, np * crate::size_class::BITMAP_BYTES_PER_PAGE)
+                std::slice::from_raw_parts(
+                    z.pbitmap,
+                    z.npages * crate::size_class::BITMAP_BYTES_PER_PAGE,
+                )
             };
             h.update(bm);
-            start += np;
         }
         h.finalize() as u64
     }

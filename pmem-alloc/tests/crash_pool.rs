@@ -62,7 +62,9 @@ fn workload(seed: u64, ops: usize) -> (pmem_alloc::sim::Recording, usize) {
             } else {
                 rng.gen_range(0..600)
             };
-            let Ok(raw) = pool.alloc(HDR + len) else { continue };
+            let Ok(raw) = pool.alloc(HDR + len) else {
+                continue;
+            };
             let n = raw.cast::<Node>();
             let id = next_id;
             next_id += 1;
@@ -141,10 +143,17 @@ fn check_image(img: &CrashImage<'_>) -> Result<(), String> {
     let chk = pool.check().map_err(|e| format!("check: {e}"))?;
     let live = chk.run_blocks_live + chk.large;
     if live != seen.len() + 1 {
-        return Err(format!("{live} blocks allocated but {} reachable (+ root)", seen.len()));
+        return Err(format!(
+            "{live} blocks allocated but {} reachable (+ root)",
+            seen.len()
+        ));
     }
     if rep.reachable != seen.len() + 1 {
-        return Err(format!("recovery marked {} blocks, {} reachable", rep.reachable, seen.len() + 1));
+        return Err(format!(
+            "recovery marked {} blocks, {} reachable",
+            rep.reachable,
+            seen.len() + 1
+        ));
     }
     // new allocations never overlap reachable blocks
     for i in 0..64 {
@@ -162,7 +171,10 @@ fn sweep(seed: u64, ops: usize, ev: Evictions) -> (usize, usize) {
     let (rec, _) = workload(seed, ops);
     let r = rec.sweep(ev, check_image);
     for f in r.failures.iter().take(5) {
-        eprintln!("seed {seed} crash point {} variant {}: {}", f.crash_point, f.variant, f.message);
+        eprintln!(
+            "seed {seed} crash point {} variant {}: {}",
+            f.crash_point, f.variant, f.message
+        );
     }
     (r.checked, r.failures.len())
 }
@@ -176,7 +188,14 @@ fn crash_sweep_every_fence_point_strict_and_with_evictions() {
         let (c, f) = sweep(seed, 120, Evictions::None);
         checked += c;
         failed += f;
-        let (c, f) = sweep(seed, 120, Evictions::Random { seed: seed * 77, samples: 10 });
+        let (c, f) = sweep(
+            seed,
+            120,
+            Evictions::Random {
+                seed: seed * 77,
+                samples: 10,
+            },
+        );
         checked += c;
         failed += f;
     }
