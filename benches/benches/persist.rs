@@ -118,8 +118,14 @@ fn benches(c: &mut Criterion) {
     #[cfg(feature = "libpmem")]
     {
         use pmem_benches::peer::LibpmemPeer;
-        match LibpmemPeer::open_as_started(std::path::Path::new("/dev/shm"), REGION) {
-            Ok(p) => {
+        use pmem_benches::peer::ScratchFile;
+        let opened = ScratchFile::create(std::path::Path::new("/dev/shm"), "criterion", REGION)
+            .and_then(|f| {
+                let p = LibpmemPeer::open_as_started(&f.config(FlushMethod::Clwb))?;
+                Ok((f, p))
+            });
+        match opened {
+            Ok((_file, p)) => {
                 let label = format!("{}/libpmem", p.flush_method());
                 bench_peer(c, &label, &p, &src, &t);
             }

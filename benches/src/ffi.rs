@@ -13,11 +13,6 @@
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::path::Path;
 
-/// `PMEM_FILE_CREATE`: create the file if it does not exist.
-pub const PMEM_FILE_CREATE: c_int = 1 << 0;
-/// `PMEM_FILE_EXCL`: with `PMEM_FILE_CREATE`, fail if the file exists.
-pub const PMEM_FILE_EXCL: c_int = 1 << 1;
-
 /// Major version this binding was written against.
 pub const PMEM_MAJOR_VERSION: c_uint = 1;
 /// Minor version this binding was written against.
@@ -85,34 +80,24 @@ pub fn check_version() -> Result<(), String> {
     }
 }
 
-/// A file mapped with `pmem_map_file`, unmapped with `pmem_unmap` on drop. The file itself is
-/// removed on drop too (the comparison creates scratch files).
+/// A whole existing file mapped with `pmem_map_file`, unmapped with `pmem_unmap` on drop (the
+/// file itself is left alone).
 #[derive(Debug)]
 pub struct PmemFile {
     addr: *mut u8,
     len: usize,
     is_pmem: bool,
-    path: std::path::PathBuf,
 }
 
 impl PmemFile {
-    /// Creates `path` (which must not exist) with `len` bytes and maps it.
-    pub fn create(path: &Path, len: usize) -> Result<PmemFile, String> {
+    /// Maps all of the existing file `path` (`pmem_map_file` with no flags and length 0).
+    pub fn open(path: &Path) -> Result<PmemFile, String> {
         use std::os::unix::ffi::OsStrExt;
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
         let mut mapped = 0usize;
         let mut is_pmem: c_int = 0;
         // SAFETY: `c` is a valid NUL-terminated path; both out-pointers point to live locals.
-        let p = unsafe {
-            raw::pmem_map_file(
-                c.as_ptr(),
-                len,
-                PMEM_FILE_CREATE | PMEM_FILE_EXCL,
-                0o600,
-                &mut mapped,
-                &mut is_pmem,
-            )
-        };
+        let p = unsafe { raw::pmem_map_file(c.as_ptr(), 0, 0, 0, &mut mapped, &mut is_pmem) };
         if p.is_null() {
             return Err(format!("pmem_map_file({}): {}", path.display(), errormsg()));
         }
@@ -120,7 +105,6 @@ impl PmemFile {
             addr: p.cast(),
             len: mapped,
             is_pmem: is_pmem != 0,
-            path: path.to_path_buf(),
         })
     }
 
@@ -150,7 +134,6 @@ impl Drop for PmemFile {
         // SAFETY: `addr..addr+len` is exactly the mapping pmem_map_file returned, owned by
         // this value; no pointer into it outlives the value (users are bound by that).
         unsafe { raw::pmem_unmap(self.addr.cast(), self.len) };
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

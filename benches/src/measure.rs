@@ -1,8 +1,8 @@
 //! Workloads, the per-operation measurement loop and the interleaving trial driver.
 //!
 //! A [`Workload`] is a fixed, deterministic sequence of offsets into a peer's region; every
-//! peer replays exactly the same sequence (each in its own region of the same size), so the
-//! access patterns are identical. For `persist`, the range is written immediately before each
+//! peer replays exactly the same sequence (in the `compare` binary, on the same shared file),
+//! so the access patterns are identical. For `persist`, the range is written immediately before each
 //! call (outside the timed window) so that the flush has dirty lines to write back.
 
 use crate::peer::PersistPeer;

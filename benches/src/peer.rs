@@ -26,28 +26,65 @@ use crate::timer::Timer;
 use pmem_alloc::flush::FlushMethod;
 use pmem_alloc::map::{MapKind, MapOptions, Mapping};
 use pmem_alloc::persist::{Hardware, Persist};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What every persist peer is opened with.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
-    /// Directory of the scratch file (a tmpfs such as /dev/shm for CPU-flush comparisons).
-    pub dir: PathBuf,
-    /// Size of the region to map.
+    /// The scratch file every peer maps (all of it): the peers then work on the very same
+    /// physical pages, so page placement cannot favour one of them.
+    pub path: PathBuf,
+    /// Its size.
     pub region_len: usize,
     /// The CPU flush instruction every peer must use.
     pub flush: FlushMethod,
 }
 
-impl PeerConfig {
-    /// A scratch file name unique to this process and peer.
-    pub fn scratch_path(&self, peer: &str) -> PathBuf {
-        self.dir
-            .join(format!("pmem-benches-{}-{peer}.pool", std::process::id()))
+/// A scratch file of a given size, removed on drop.
+#[derive(Debug)]
+pub struct ScratchFile {
+    path: PathBuf,
+    len: usize,
+}
+
+impl ScratchFile {
+    /// Creates `<dir>/pmem-benches-<pid>-<tag>.pool` (must not exist) with `len` bytes.
+    pub fn create(dir: &Path, tag: &str, len: usize) -> Result<ScratchFile, String> {
+        let path = dir.join(format!("pmem-benches-{}-{tag}.pool", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = ScratchFile { path, len };
+        f.set_len(len as u64)
+            .map_err(|e| format!("{}: {e}", file.path.display()))?;
+        Ok(file)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A configuration for peers mapping this file.
+    pub fn config(&self, flush: FlushMethod) -> PeerConfig {
+        PeerConfig {
+            path: self.path.clone(),
+            region_len: self.len,
+            flush,
+        }
     }
 }
 
-/// A library that can make ranges of its own mapped region durable.
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A library that can make ranges of its mapped region durable.
 pub trait PersistPeer: std::fmt::Debug {
     /// Short name used in tables and result files (`pmem-alloc`, `libpmem`).
     fn name(&self) -> &'static str;
@@ -130,16 +167,12 @@ impl OursPeer {
     /// Registry name.
     pub const NAME: &'static str = "pmem-alloc";
 
-    /// Maps `cfg.region_len` bytes of a new scratch file in `cfg.dir`. On a page-cache mapping
+    /// Maps the scratch file `cfg.path` with [`Mapping::open`]. On a page-cache mapping
     /// (tmpfs) the mapping's own policy is msync unless `PMEM_ALLOC_FORCE_PMEM=1` and
     /// `PMEM_ALLOC_FLUSH` select the CPU method (what [`OursPeer::env`] asks for); the policy
     /// is then checked to be exactly `Hardware::new(cfg.flush)`.
     pub fn open(cfg: &PeerConfig) -> Result<OursPeer, String> {
-        let path = cfg.scratch_path("ours");
-        let map = Mapping::create(&path, cfg.region_len as u64, &MapOptions::new())
-            .map_err(|e| e.to_string())?;
-        // The file can go now: the mapping keeps the memory alive.
-        let _ = std::fs::remove_file(&path);
+        let map = Mapping::open(&cfg.path, &MapOptions::new()).map_err(|e| e.to_string())?;
         Self::with_mapping(map, cfg.flush)
     }
 
@@ -191,8 +224,8 @@ impl PersistPeer for OursPeer {
 
     fn detail(&self) -> String {
         format!(
-            "pmem-alloc {} Hardware({}) on a Mapping of kind {:?} (CPU flush forced), \
-             movnt threshold {} B",
+            "pmem-alloc {} Hardware({}) on a Mapping (Mapping::open) of kind {:?}, CPU flush \
+             forced, movnt threshold {} B",
             env!("CARGO_PKG_VERSION"),
             self.hw.method(),
             self.map.kind(),
@@ -263,14 +296,9 @@ impl LibpmemPeer {
     /// Like [`LibpmemPeer::open`], but takes whatever instruction libpmem chose from the
     /// environment the process was started with (for criterion, which cannot re-execute
     /// itself); `PMEM_IS_PMEM_FORCE=1` must still be set before the first libpmem call.
-    pub fn open_as_started(dir: &std::path::Path, region_len: usize) -> Result<Self, String> {
-        let flush = Self::started_flush();
-        let cfg = PeerConfig {
-            dir: dir.to_path_buf(),
-            region_len,
-            flush,
-        };
-        Self::map(&cfg, flush)
+    /// `cfg.flush` is ignored.
+    pub fn open_as_started(cfg: &PeerConfig) -> Result<Self, String> {
+        Self::map(cfg, Self::started_flush())
     }
 
     /// The instruction libpmem picks given this process's environment and CPU (the rules of
@@ -289,7 +317,7 @@ impl LibpmemPeer {
 
     fn map(cfg: &PeerConfig, flush: FlushMethod) -> Result<LibpmemPeer, String> {
         crate::ffi::check_version()?;
-        let file = crate::ffi::PmemFile::create(&cfg.scratch_path("libpmem"), cfg.region_len)?;
+        let file = crate::ffi::PmemFile::open(&cfg.path)?;
         // SAFETY: the range is the mapping just created.
         let forced = unsafe { crate::ffi::is_pmem(file.as_ptr(), file.len()) };
         if !forced || !file.is_pmem() {
@@ -336,7 +364,7 @@ impl PersistPeer for LibpmemPeer {
     fn detail(&self) -> String {
         let avx = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
         format!(
-            "libpmem {} (pmem_map_file, PMEM_IS_PMEM_FORCE=1), flush {} selected with \
+            "libpmem {} (pmem_map_file of the same file, PMEM_IS_PMEM_FORCE=1), flush {} selected with \
              PMEM_NO_CLWB={} PMEM_NO_CLFLUSHOPT={}, PMEM_AVX={} PMEM_AVX512F={}",
             Self::VERSION,
             self.flush,

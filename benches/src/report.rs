@@ -255,10 +255,7 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
 
     // Summary.
     let _ = writeln!(w, "## Summary\n");
-    let _ = writeln!(
-        w,
-        "| flush | target | sizes | pass | miss (within noise) | miss |\n|---|---|---|---|---|---|"
-    );
+    let mut rows = Vec::new();
     for run in runs {
         for t in targets() {
             let mut n = [0usize; 3];
@@ -274,8 +271,7 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
             if sizes.is_empty() {
                 continue;
             }
-            let _ = writeln!(
-                w,
+            rows.push(format!(
                 "| {} | `{}` vs {}: {} {} | {}–{} | {} | {} | {} |",
                 run.flush,
                 t.op,
@@ -287,10 +283,17 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
                 n[0],
                 n[1],
                 n[2]
-            );
+            ));
         }
     }
-    let _ = writeln!(w);
+    if !rows.is_empty() {
+        let _ = writeln!(
+            w,
+            "| flush | target | sizes | pass | miss (within noise) | miss |\n\
+             |---|---|---|---|---|---|\n{}\n",
+            rows.join("\n")
+        );
+    }
     if runs.iter().all(|r| r.peers.len() < 2) {
         let _ = writeln!(
             w,
@@ -342,20 +345,21 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
     let _ = writeln!(w, "## Method\n");
     let _ = writeln!(
         w,
-        "- Each peer maps its own same-size scratch file on a tmpfs (`/dev/shm`): pmem-alloc through \
-         `Mapping` with the CPU flush forced (`PMEM_ALLOC_FORCE_PMEM=1`, \
-         `PMEM_ALLOC_FLUSH=<instruction>`), libpmem through `pmem_map_file` with \
-         `PMEM_IS_PMEM_FORCE=1` and its instruction forced with `PMEM_NO_CLWB` / \
-         `PMEM_NO_CLFLUSHOPT` (libpmem(7)). libpmem reads those in its library constructor, so \
-         `compare` re-executes itself once with the environment every peer asks for. There is \
-         no persistent memory on this machine: write-backs go to DRAM, so absolute numbers \
-         say nothing about a real DIMM; the ratios compare the software paths."
+        "- All peers map the same scratch file on a tmpfs (`/dev/shm`), so they work on the \
+         very same physical pages: pmem-alloc through `Mapping::open` with the CPU flush \
+         forced (`PMEM_ALLOC_FORCE_PMEM=1`, `PMEM_ALLOC_FLUSH=<instruction>`), libpmem through \
+         `pmem_map_file` with `PMEM_IS_PMEM_FORCE=1` and its instruction forced with \
+         `PMEM_NO_CLWB` / `PMEM_NO_CLFLUSHOPT` (libpmem(7)). libpmem reads those in its \
+         library constructor, so `compare` re-executes itself once with the environment every \
+         peer asks for. There is no persistent memory on this machine: write-backs go to DRAM, \
+         so absolute numbers say nothing about a real DIMM; the ratios compare the software \
+         paths."
     );
     let _ = writeln!(
         w,
         "- One process, pinned to one CPU. Both peers replay the *same* deterministic sequence \
          of offsets (a fixed pseudo-random rotation over 1 MiB for `persist`, over 64 MiB of \
-         destinations for copies and fills), each in its own region."
+         destinations for copies and fills); copies read the same page-aligned DRAM source."
     );
     let _ = writeln!(
         w,

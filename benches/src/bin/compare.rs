@@ -15,7 +15,7 @@
 use clap::Parser;
 use pmem_alloc::flush::{CpuFeatures, FlushMethod};
 use pmem_benches::measure::{interleave, Op, Source, Workload};
-use pmem_benches::peer::{persist_peers, PeerConfig, PersistPeer};
+use pmem_benches::peer::{persist_peers, PersistPeer, ScratchFile};
 use pmem_benches::results::{Case, Machine, PeerInfo, PeerResult, RunFile, TimerInfo, SCHEMA};
 use pmem_benches::timer::Timer;
 use std::path::PathBuf;
@@ -32,14 +32,14 @@ struct Args {
     /// best this CPU has.
     #[arg(long)]
     flush: Option<FlushMethod>,
-    /// Directory for the scratch files (a tmpfs, so that no device speed is measured).
+    /// Directory for the scratch file (a tmpfs, so that no device speed is measured).
     #[arg(long, default_value = "/dev/shm")]
     dir: PathBuf,
     /// Directory the JSON and CSV results are written to.
     #[arg(long, default_value = "docs/benchmarks/data")]
     out: PathBuf,
     /// Measured rounds per case (each round runs one batch of every peer).
-    #[arg(long, default_value_t = 101)]
+    #[arg(long, default_value_t = 201)]
     trials: usize,
     /// Discarded rounds per case.
     #[arg(long, default_value_t = 5)]
@@ -54,7 +54,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "4096,16384,65536,262144,1048576,4194304"
+        default_value = "256,1024,4096,16384,65536,262144,1048576,4194304"
     )]
     copy_sizes: Vec<usize>,
     /// Pin the process to this CPU (default: the last one; -1: do not pin).
@@ -108,15 +108,20 @@ fn main() {
         .unwrap_or(1 << 20)
         .next_multiple_of(2 << 20);
 
-    let cfg = PeerConfig {
-        dir: args.dir.clone(),
-        region_len,
-        flush,
-    };
-    let peers: Vec<Box<dyn PersistPeer>> = specs
-        .iter()
-        .map(|s| (s.open)(&cfg).unwrap_or_else(|e| fail(&format!("{}: {e}", s.name))))
-        .collect();
+    // One file for all peers: they map the same physical pages (dropped, i.e. removed, last).
+    let scratch = ScratchFile::create(&args.dir, "shared", region_len).unwrap_or_else(|e| fail(&e));
+    let cfg = scratch.config(flush);
+    let mut peers: Vec<Box<dyn PersistPeer>> = Vec::new();
+    for s in &specs {
+        match (s.open)(&cfg) {
+            Ok(p) => peers.push(p),
+            Err(e) => {
+                drop(peers);
+                drop(scratch);
+                fail(&format!("{}: {e}", s.name));
+            }
+        }
+    }
     for p in &peers {
         eprintln!("peer {:<10} {}", p.name(), p.detail());
         // Fault every page in before anything is timed.
@@ -200,6 +205,9 @@ fn main() {
             .collect(),
         cases,
     };
+    // Unmap, then remove the scratch file, before anything can exit early.
+    drop(peers);
+    drop(scratch);
     if let Err(e) = run.write(&args.out) {
         fail(&format!("writing results to {}: {e}", args.out.display()));
     }
