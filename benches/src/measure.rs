@@ -371,6 +371,42 @@ mod tests {
         assert_eq!(v, vec![vec![0.0; 3], vec![1.0; 3]]);
     }
 
+    /// The loop really performs the operations it times, at the offsets of the rotation.
+    #[test]
+    fn batches_write_what_they_claim() {
+        use crate::peer::{OursPeer, PersistPeer};
+        let flush = pmem_alloc::flush::CpuFeatures::get().best_method();
+        let map = Mapping::anonymous(4 << 20).unwrap();
+        let peer = OursPeer::with_mapping(map, flush).unwrap();
+        let timer = Timer::calibrate(std::time::Duration::from_millis(1));
+        let src = Arc::new(Source::new(4096));
+        let read = |off: usize, len: usize| {
+            // SAFETY: the offsets come from workloads whose region fits the 4 MiB mapping.
+            unsafe { std::slice::from_raw_parts(peer.base().add(off), len) }.to_vec()
+        };
+
+        let w = Workload::memcpy(4096, src.clone());
+        assert!(w.region_needed() <= peer.region_len());
+        peer.run_batch(&w, 5, 3, &timer);
+        // SAFETY: the source mapping is 4096 bytes long.
+        let want = unsafe { std::slice::from_raw_parts(src.as_ptr(), 4096) };
+        for k in 5..8 {
+            assert_eq!(read(w.offsets[k % w.slots()], 4096), want);
+        }
+
+        let w = Workload::memset(1000);
+        peer.run_batch(&w, 0, 3, &timer);
+        for k in 0..3 {
+            assert!(read(w.offsets[k], 1000).iter().all(|&b| b == (k as u8) | 1));
+        }
+
+        let w = Workload::persist(24);
+        peer.run_batch(&w, 7, 2, &timer);
+        for k in 7..9 {
+            assert!(read(w.offsets[k], 24).iter().all(|&b| b == (k as u8) | 1));
+        }
+    }
+
     #[test]
     fn quantiles() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
