@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod flush;
+pub mod global;
 pub mod heap;
 pub mod layout;
 pub mod map;
@@ -14,6 +15,7 @@ pub mod sim;
 pub mod size_class;
 mod sync;
 mod sys;
+pub mod volatile;
 
 pub use flush::{CpuFeatures, FlushMethod, CACHE_PAD, FLUSH_ALIGN};
 pub use map::{MapError, MapKind, MapOptions, Mapping};

@@ -450,6 +450,7 @@ impl<P: Persist + 'static> Pool<P> {
         };
         pool.write_state(slot);
         pool.core.init_fresh();
+        pool.core.register();
         pool.report = OpenReport {
             clean: true,
             ..OpenReport::default()
@@ -549,7 +550,7 @@ impl<P: Persist + 'static> Pool<P> {
                 actual: len as u64,
             });
         }
-        if pool_size < MIN_POOL_SIZE || pool_size % PAGE as u64 != 0 {
+        if pool_size < MIN_POOL_SIZE || !pool_size.is_multiple_of(PAGE as u64) {
             return Err(PoolError::Zone {
                 index: 0,
                 what: "state records an impossible pool size",
@@ -693,6 +694,7 @@ impl<P: Persist + 'static> Pool<P> {
         report.duration = t0.elapsed();
         pool.report = report;
         pool.closed = false;
+        pool.core.register();
         Ok(pool)
     }
 
@@ -875,7 +877,7 @@ impl<P: Persist + 'static> Pool<P> {
         if p.is_null()
             || off < HEADER_AREA
             || off.checked_add(size)? > self.size()
-            || off % std::mem::align_of::<T>() != 0
+            || !off.is_multiple_of(std::mem::align_of::<T>())
         {
             return None;
         }

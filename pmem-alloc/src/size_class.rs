@@ -139,7 +139,7 @@ pub fn class_for_layout(size: usize, align: usize) -> Option<usize> {
         return None;
     }
     while c < NCLASSES {
-        if CLASS_SIZE[c] as usize % align == 0 {
+        if (CLASS_SIZE[c] as usize).is_multiple_of(align) {
             return Some(c);
         }
         c += 1;

@@ -114,6 +114,11 @@ impl<T> Locked<T> {
         Guard { l: self }
     }
 
+    /// The data, for fork handlers that hold the raw lock.
+    pub(crate) fn data_ptr(&self) -> *mut T {
+        self.data.get()
+    }
+
     /// The raw lock, for fork handlers.
     #[allow(dead_code)]
     pub(crate) fn raw(&self) -> &RawLock {

@@ -19,11 +19,19 @@
 
 use pmem_alloc::flush::FlushMethod;
 use pmem_alloc::map::{MapError, MapKind, MapOptions, Mapping};
+use pmem_alloc::pool::{Pool, PoolOptions};
+use pmem_alloc::pptr::{PPtr, PSafe};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const IGNORE: &str = "needs a DAX guest: tools/daxvm/guest-tests.sh";
 /// Line the power-failure test prints when its marker is durable; the harness kills qemu on it.
@@ -524,4 +532,424 @@ fn create_larger_than_free_dax_space_is_no_space() {
         before.f_bavail,
         after.f_bavail
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) Power failure in the middle of a multi-threaded pool workload.
+
+const PF_POOL_TEST: &str = "pool_power_failure_recovers";
+/// Size of the pool file on the `-o dax` mount.
+const PF_POOL_SIZE: u64 = 32 << 20;
+/// Lists hanging off the root, each protected by its own mutex.
+const PF_LISTS: usize = 3;
+/// Worker threads (the guest has one vCPU: they interleave by preemption, mid-operation).
+const PF_THREADS: u64 = 3;
+/// Room for the marker in the root and in the marker blocks.
+const PF_MARKER_MAX: usize = 128;
+/// The second marker block is a large allocation (above `MAX_SMALL`).
+const PF_LARGE_MARKER: usize = 40 << 10;
+/// The write phase lets the workload run at least this long (and this many operations) before
+/// printing the power-fail line.
+const PF_WARMUP: Duration = Duration::from_secs(2);
+const PF_MIN_OPS: u64 = 1000;
+
+#[repr(C)]
+struct PfRoot {
+    marker_len: u64,
+    marker: [u8; PF_MARKER_MAX],
+    /// A small and a large block, each starting with the marker.
+    marker_blocks: [PPtr<u8>; 2],
+    heads: [PPtr<PfNode>; PF_LISTS],
+}
+// SAFETY: repr(C), PSafe fields only.
+unsafe impl PSafe for PfRoot {}
+
+/// List node; `len` checksummed payload bytes follow the header.
+#[repr(C)]
+struct PfNode {
+    next: PPtr<PfNode>,
+    id: u64,
+    len: u64,
+    sum: u64,
+}
+// SAFETY: repr(C), PSafe fields only.
+unsafe impl PSafe for PfNode {}
+const PF_HDR: usize = std::mem::size_of::<PfNode>();
+
+fn pf_sum(id: u64, len: u64) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len.rotate_left(29) ^ 0xD1B5_4A32_D192_ED03
+}
+
+fn pf_byte(id: u64, i: usize) -> u8 {
+    (id as usize).wrapping_mul(131).wrapping_add(i * 7) as u8 ^ 0x5c
+}
+
+/// The durable head pointer of list `l`.
+fn pf_head_slot(root: PPtr<PfRoot>, l: usize) -> PPtr<PPtr<PfNode>> {
+    root.cast::<PPtr<PfNode>>()
+        .byte_add((std::mem::offset_of!(PfRoot, heads) + 8 * l) as u64)
+}
+
+/// The pool is on a synchronous DAX mapping: the file maps as `MapKind::SyncDax` with
+/// `require_dax`, the pool's own mapping is `sf` (VM_SYNC) and persists with a CPU flush.
+fn pf_require_sync_dax(pool: &Pool, path: &Path) {
+    let m = Mapping::open(path, &MapOptions::new().require_dax(true)).unwrap();
+    assert_eq!(m.kind(), MapKind::SyncDax);
+    drop(m);
+    let flags = vmflags(pool.base());
+    assert!(
+        flags.iter().any(|f| f == "sf"),
+        "pool mapping without 'sf' in VmFlags {flags:?}"
+    );
+    let got = pool.persister().method();
+    match std::env::var("PMEM_ALLOC_FLUSH") {
+        Ok(v) if !v.is_empty() => assert_eq!(got, v.parse::<FlushMethod>().unwrap()),
+        _ => assert!(got.is_cpu_flush(), "pool persists with {got}"),
+    }
+    println!(
+        "{}: {} pool, VmFlags {}, flush method {got}",
+        path.display(),
+        MapKind::SyncDax,
+        flags.join(" ")
+    );
+}
+
+/// Stores the marker in the root and in two new blocks (small, large), durably: the host finds
+/// it three times in the NVDIMM image after the kill.
+fn pf_write_markers(pool: &Pool, root: PPtr<PfRoot>, marker: &str) {
+    let mb = marker.as_bytes();
+    assert!(mb.len() <= PF_MARKER_MAX, "marker too long: {marker}");
+    let r = pool.get(root).unwrap();
+    for (i, size) in [PF_MARKER_MAX, PF_LARGE_MARKER].into_iter().enumerate() {
+        let b = pool.alloc(size).unwrap();
+        let bp = pool.get(b).unwrap();
+        // SAFETY: fresh block of `size` >= mb.len() bytes; the root is ours (no threads yet).
+        unsafe {
+            std::ptr::write_bytes(bp, 0, size);
+            std::ptr::copy_nonoverlapping(mb.as_ptr(), bp, mb.len());
+            pool.persist(b, size);
+            let slot = root
+                .cast::<PPtr<u8>>()
+                .byte_add((std::mem::offset_of!(PfRoot, marker_blocks) + 8 * i) as u64);
+            pool.publish(slot, b).unwrap();
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        let dst = std::ptr::addr_of_mut!((*r).marker).cast::<u8>();
+        std::ptr::copy_nonoverlapping(mb.as_ptr(), dst, mb.len());
+        (*r).marker_len = mb.len() as u64;
+    }
+    pool.persist_val(root);
+}
+
+/// The marker is in the root and at the start of both marker blocks; returns the blocks
+/// (address, length) for the overlap check.
+fn pf_check_markers(pool: &Pool, root: PPtr<PfRoot>, marker: &str) -> Vec<(usize, usize)> {
+    let mb = marker.as_bytes();
+    let r = pool.get(root).unwrap();
+    let mut blocks = Vec::new();
+    // SAFETY: read-only; pointers resolved (and bounds checked) by the pool.
+    unsafe {
+        let len = (*r).marker_len as usize;
+        assert!(len <= PF_MARKER_MAX, "root marker length {len}");
+        assert_eq!(
+            String::from_utf8_lossy(&(&(*r).marker)[..len]),
+            marker,
+            "marker in the root"
+        );
+        for (i, size) in [PF_MARKER_MAX, PF_LARGE_MARKER].into_iter().enumerate() {
+            let b = (*r).marker_blocks[i];
+            let bp = pool
+                .get(b)
+                .unwrap_or_else(|| panic!("marker block {i} lost"));
+            let got = std::slice::from_raw_parts(bp, mb.len());
+            assert_eq!(String::from_utf8_lossy(got), marker, "marker block {i}");
+            blocks.push((bp as usize, size));
+        }
+    }
+    blocks
+}
+
+/// Walks every list and verifies every node (header checksum, payload); returns the nodes as
+/// (address, length).
+fn pf_verify(pool: &Pool, root: PPtr<PfRoot>) -> Result<Vec<(usize, usize)>, String> {
+    let mut seen = HashSet::new();
+    let mut nodes = Vec::new();
+    for l in 0..PF_LISTS {
+        // SAFETY: read-only walk (no other thread runs); pointers resolved by the pool.
+        unsafe {
+            let mut cur = *pool.get(pf_head_slot(root, l)).unwrap();
+            while !cur.is_null() {
+                let np = pool
+                    .get(cur)
+                    .ok_or_else(|| format!("list {l}: link {:#x} outside the pool", cur.raw()))?;
+                if !seen.insert(cur.offset()) {
+                    return Err(format!("list {l}: node {:#x} reached twice", cur.offset()));
+                }
+                let (id, len) = ((*np).id, (*np).len);
+                if (*np).sum != pf_sum(id, len) || len > 200_000 {
+                    return Err(format!("list {l}: node {id} header torn"));
+                }
+                let d = np.cast::<u8>().add(PF_HDR);
+                let payload = std::slice::from_raw_parts(d, len as usize);
+                if let Some(i) = (0..len as usize).find(|&i| payload[i] != pf_byte(id, i)) {
+                    return Err(format!("list {l}: node {id} payload torn at byte {i}"));
+                }
+                nodes.push((np as usize, PF_HDR + len as usize));
+                cur = (*np).next;
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+/// One worker: allocate + fill + persist + publish, or unlink (durably) + free, on random lists,
+/// until `stop` is set or `max_ops` operations were done by all workers together.
+fn pf_worker(
+    pool: &Pool,
+    root: PPtr<PfRoot>,
+    lists: &[Mutex<usize>; PF_LISTS],
+    ops: &AtomicU64,
+    stop: &AtomicBool,
+    max_ops: u64,
+    first_id: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(first_id ^ std::process::id() as u64);
+    let mut id = first_id;
+    while !stop.load(Ordering::Relaxed) && ops.load(Ordering::Relaxed) < max_ops {
+        let l = rng.gen_range(0..PF_LISTS);
+        let mut count = lists[l].lock().unwrap();
+        let slot = pf_head_slot(root, l);
+        // SAFETY: list `l` (its head slot and its nodes) is only touched under its mutex; nodes
+        // are live blocks of this pool.
+        unsafe {
+            let head = *pool.get(slot).unwrap();
+            let p_grow = if *count < 300 { 0.65 } else { 0.35 };
+            if head.is_null() || rng.gen_bool(p_grow) {
+                let len = if rng.gen_bool(0.03) {
+                    rng.gen_range(33_000..100_000) // a large allocation
+                } else {
+                    rng.gen_range(0..2_000)
+                };
+                let Ok(raw) = pool.alloc(PF_HDR + len) else {
+                    continue;
+                };
+                let n = raw.cast::<PfNode>();
+                let np = pool.get(n).unwrap();
+                id += 1;
+                np.write(PfNode {
+                    next: head,
+                    id,
+                    len: len as u64,
+                    sum: pf_sum(id, len as u64),
+                });
+                let d = std::slice::from_raw_parts_mut(np.cast::<u8>().add(PF_HDR), len);
+                for (i, b) in d.iter_mut().enumerate() {
+                    *b = pf_byte(id, i);
+                }
+                // ordering: the node is durable before the link to it
+                pool.persist(n, PF_HDR + len);
+                pool.publish(slot, n).unwrap();
+                *count += 1;
+            } else {
+                // unlink the head or its successor durably, then free it
+                let second = (*pool.get(head).unwrap()).next;
+                if !second.is_null() && rng.gen_bool(0.5) {
+                    let third = (*pool.get(second).unwrap()).next;
+                    pool.publish(head.cast::<PPtr<PfNode>>(), third).unwrap(); // head.next
+                    pool.free(second);
+                } else {
+                    pool.publish(slot, second).unwrap();
+                    pool.free(head);
+                }
+                *count -= 1;
+            }
+        }
+        drop(count);
+        ops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The number of nodes of each list (the workers' bookkeeping).
+fn pf_counts(pool: &Pool, root: PPtr<PfRoot>) -> [Mutex<usize>; PF_LISTS] {
+    std::array::from_fn(|l| {
+        let mut n = 0;
+        // SAFETY: read-only walk before the workers start.
+        unsafe {
+            let mut cur = *pool.get(pf_head_slot(root, l)).unwrap();
+            while let Some(np) = pool.get(cur) {
+                n += 1;
+                cur = (*np).next;
+            }
+        }
+        Mutex::new(n)
+    })
+}
+
+/// Allocated blocks (checker) == reachable nodes + 2 marker blocks + the root.
+fn pf_check_counts(pool: &mut Pool, nodes: usize, what: &str) {
+    let chk = pool
+        .check()
+        .unwrap_or_else(|e| panic!("{what}: check: {e}"));
+    assert_eq!(
+        chk.run_blocks_live + chk.large,
+        nodes + 3,
+        "{what}: {} small + {} large blocks allocated, {nodes} nodes + 2 marker blocks + root \
+         reachable ({chk:?})",
+        chk.run_blocks_live,
+        chk.large
+    );
+    println!(
+        "{what}: check OK: {} small + {} large blocks = {nodes} nodes + 2 marker blocks + root",
+        chk.run_blocks_live, chk.large
+    );
+}
+
+/// (f) Power failure during a multi-threaded pool workload on fsdax. Phase `write`: a new pool
+/// on the `-o dax` mount (`require_dax`: `MAP_SYNC`), the marker persisted in the root and in a
+/// small and a large block, then three threads allocate, fill, persist and link checksummed
+/// nodes into three lists and unlink (durably) and free others; after a warm-up the test prints
+/// the power-fail line while they keep working, and qemu is killed mid-operation. Phase `check`:
+/// the pool opens with recovery, the markers are there, every reachable node verifies, the
+/// checker counts exactly the reachable blocks as allocated; new allocations never overlap them;
+/// more work, a clean close, and a reopen that is clean and finds the same.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn pool_power_failure_recovers() {
+    let mnt = dax_mnt();
+    let path = mnt.join("pool-power-failure.pool");
+    let opts = PoolOptions {
+        require_dax: true,
+        ..PoolOptions::default()
+    };
+    let marker = marker(PF_POOL_TEST);
+    match phase().as_str() {
+        "write" => {
+            let _ = std::fs::remove_file(&path);
+            let pool = Pool::create(&path, PF_POOL_SIZE, &opts).unwrap();
+            pf_require_sync_dax(&pool, &path);
+            let root = pool.root::<PfRoot>().unwrap();
+            pf_write_markers(&pool, root, &marker);
+            let lists = pf_counts(&pool, root);
+            let (ops, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+            std::thread::scope(|s| {
+                for t in 0..PF_THREADS {
+                    let (pool, lists, ops, stop) = (&pool, &lists, &ops, &stop);
+                    s.spawn(move || pf_worker(pool, root, lists, ops, stop, u64::MAX, t << 40));
+                }
+                let t0 = Instant::now();
+                while t0.elapsed() < PF_WARMUP
+                    || (ops.load(Ordering::Relaxed) < PF_MIN_OPS
+                        && t0.elapsed() < Duration::from_secs(60))
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let n = ops.load(Ordering::Relaxed);
+                let secs = t0.elapsed().as_secs_f64();
+                if n < PF_MIN_OPS {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("only {n} operations in {secs:.1} s");
+                }
+                let sizes: Vec<usize> = lists.iter().map(|c| *c.lock().unwrap()).collect();
+                // Straight to fd 1, on a line of its own; the workers keep running.
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "\n{POWER_FAIL_LINE} {marker} persisted in the root and 2 blocks of {}; \
+                     {n} operations in {secs:.1} s by {PF_THREADS} threads, lists {sizes:?}, \
+                     still running",
+                    path.display()
+                )
+                .unwrap();
+                out.flush().unwrap();
+                drop(out);
+                std::thread::sleep(Duration::from_secs(600));
+                stop.store(true, Ordering::Relaxed);
+                panic!("qemu was not killed within 600 s");
+            });
+        }
+        "check" => {
+            let t0 = Instant::now();
+            let mut pool = Pool::open(&path, &opts)
+                .unwrap_or_else(|e| panic!("open after the power failure: {e}"));
+            let rep = pool.open_report();
+            println!(
+                "open after the power failure: {:.1} ms, {rep:?}",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+            assert!(
+                rep.recovered,
+                "no recovery after the power failure: {rep:?}"
+            );
+            assert!(!rep.clean, "{rep:?}");
+            pf_require_sync_dax(&pool, &path);
+            let root = pool.root::<PfRoot>().unwrap();
+            let mut reachable = pf_check_markers(&pool, root, &marker);
+            let nodes = pf_verify(&pool, root).unwrap_or_else(|e| panic!("after recovery: {e}"));
+            println!(
+                "{marker} found in the root and 2 blocks; {} nodes verified",
+                nodes.len()
+            );
+            assert!(!nodes.is_empty(), "no node survived the power failure");
+            assert_eq!(rep.reachable, nodes.len() + 3, "recovery's reachable count");
+            pf_check_counts(&mut pool, nodes.len(), "after recovery");
+            reachable.extend(&nodes);
+
+            // New allocations never overlap a reachable block.
+            let mut fresh = Vec::new();
+            for i in 0..200usize {
+                let size = if i % 25 == 0 { 50_000 } else { 16 + i * 24 };
+                let p = pool.alloc(size).unwrap();
+                let a = pool.get(p).unwrap() as usize;
+                if let Some(&(s, l)) = reachable.iter().find(|&&(s, l)| a < s + l && s < a + size) {
+                    panic!("new block {a:#x}+{size} overlaps reachable block {s:#x}+{l}");
+                }
+                fresh.push(p);
+            }
+            for p in fresh {
+                // SAFETY: never linked, freed once.
+                unsafe { pool.free(p) };
+            }
+
+            // More multi-threaded work on the recovered pool, then a clean close.
+            let lists = pf_counts(&pool, root);
+            let (ops, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+            std::thread::scope(|s| {
+                for t in 0..PF_THREADS {
+                    let (pool, lists, ops, stop) = (&pool, &lists, &ops, &stop);
+                    s.spawn(move || {
+                        pf_worker(pool, root, lists, ops, stop, 1500, 1 << 60 | t << 40)
+                    });
+                }
+            });
+            let done = ops.load(Ordering::Relaxed);
+            assert!(done >= 1500, "only {done} operations after recovery");
+            let nodes = pf_verify(&pool, root).unwrap_or_else(|e| panic!("after more work: {e}"));
+            // SAFETY: `nodes` holds addresses of verified, live nodes.
+            let new = nodes
+                .iter()
+                .filter(|&&(a, _)| unsafe { (*(a as *const PfNode)).id } >= 1 << 60)
+                .count();
+            println!(
+                "after more work: {done} operations, {} nodes ({new} allocated after recovery)",
+                nodes.len()
+            );
+            assert!(new > 0, "no node allocated after recovery is linked");
+            pf_check_counts(&mut pool, nodes.len(), "after more work");
+            pool.close().unwrap();
+
+            let mut pool = Pool::open(&path, &opts).unwrap();
+            let rep = pool.open_report();
+            assert!(rep.clean && !rep.recovered, "reopen after close: {rep:?}");
+            pf_check_markers(&pool, root, &marker);
+            let again = pf_verify(&pool, root).unwrap_or_else(|e| panic!("after reopen: {e}"));
+            assert_eq!(again.len(), nodes.len());
+            pf_check_counts(&mut pool, again.len(), "clean reopen");
+            pool.close().unwrap();
+            std::fs::remove_file(&path).unwrap();
+            println!("pool power failure: recovered, verified, closed and reopened cleanly");
+        }
+        other => panic!("DAXVM_PHASE={other}: expected write or check"),
+    }
 }

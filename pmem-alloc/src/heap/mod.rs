@@ -29,7 +29,9 @@
 
 mod tcache;
 
-pub(crate) use tcache::{current_tid, MAX_THREADS};
+pub(crate) use tcache::{
+    current_tid, in_fork_child, register_fork_region, unregister_fork_region, MAX_THREADS,
+};
 
 use crate::layout::{ExtentKind, PageEntry};
 use crate::persist::Persist;
@@ -1167,6 +1169,12 @@ impl<P: Persist + 'static> HeapCore<P> {
     #[cold]
     fn touch_tcache(&self, t: usize) {
         self.touched[t / 64].fetch_or(1 << (t % 64), Ordering::Relaxed);
+        self.register();
+    }
+
+    /// Enters the heap into the process registry (thread-exit flushes, fork handlers). Idempotent.
+    /// The heap must not move afterwards (it is boxed by its owners).
+    pub(crate) fn register(&self) {
         if !self.registered.swap(true, Ordering::AcqRel) {
             tcache::register_heap(self as *const Self as usize, Self::VTABLE);
         }
@@ -1191,7 +1199,33 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     const VTABLE: &'static tcache::HeapVTable = &tcache::HeapVTable {
         flush: Self::flush_tid_erased,
+        lock_all: Self::lock_all_erased,
+        unlock_all: Self::unlock_all_erased,
     };
+
+    /// # Safety
+    /// `heap` is a live registered heap; paired with `unlock_all_erased` (fork handlers).
+    unsafe fn lock_all_erased(heap: usize) {
+        // SAFETY: forwarded.
+        let h = unsafe { &*(heap as *const Self) };
+        for b in &h.bins {
+            b.0.raw().lock();
+        }
+        h.extents.raw().lock();
+    }
+
+    /// # Safety
+    /// The locks were taken by `lock_all_erased` in this process (before fork).
+    unsafe fn unlock_all_erased(heap: usize) {
+        // SAFETY: forwarded.
+        unsafe {
+            let h = &*(heap as *const Self);
+            h.extents.raw().unlock();
+            for b in &h.bins {
+                b.0.raw().unlock();
+            }
+        }
+    }
 
     /// # Safety
     /// `heap` is the address of a live, registered `HeapCore<P>`.
@@ -1383,6 +1417,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     }
 
     /// Whether a block is taken (for tests and checks after open).
+    #[allow(dead_code)]
     pub(crate) fn is_taken(&self, head: usize, idx: usize) -> bool {
         // SAFETY: single-threaded inspection after open (callers hold no cache).
         unsafe {

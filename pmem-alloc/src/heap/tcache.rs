@@ -189,6 +189,10 @@ impl Drop for ExitGuard {
 pub(crate) struct HeapVTable {
     /// Flushes one thread's cache.
     pub(crate) flush: unsafe fn(usize, u32),
+    /// Takes every lock of the heap (fork prepare).
+    pub(crate) lock_all: unsafe fn(usize),
+    /// Releases them (fork parent and child).
+    pub(crate) unlock_all: unsafe fn(usize),
 }
 
 type Entry = Option<(usize, &'static HeapVTable)>;
@@ -199,6 +203,7 @@ static HEAPS: Locked<[Entry; MAX_HEAPS]> = Locked::new_const([None; MAX_HEAPS]);
 /// registry is full (the heap then works without flushes at thread exit: cached blocks of exited
 /// threads stay cached until close).
 pub(crate) fn register_heap(addr: usize, vt: &'static HeapVTable) -> bool {
+    install_atfork();
     let mut h = HEAPS.lock();
     for e in h.iter_mut() {
         if e.is_none() {
@@ -217,4 +222,111 @@ pub(crate) fn unregister_heap(addr: usize) {
             *e = None;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------- fork
+
+/// A file-backed volatile heap region: the fork child remaps it copy-on-write.
+#[derive(Clone, Copy)]
+struct ForkRegion {
+    base: usize,
+    len: usize,
+    fd: i32,
+}
+
+static FORK_REGIONS: Locked<[Option<ForkRegion>; MAX_HEAPS]> = Locked::new_const([None; MAX_HEAPS]);
+static ATFORK: std::sync::Once = std::sync::Once::new();
+static IN_CHILD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a fork child of a process that had volatile heaps (file-backed heaps
+/// then grow with private memory instead of the shared file).
+pub(crate) fn in_fork_child() -> bool {
+    IN_CHILD.load(Ordering::Relaxed)
+}
+
+fn install_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: the handlers are plain extern "C" functions that only take/release our own
+        // locks and call mmap; registering them has no other precondition.
+        unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        }
+    });
+}
+
+/// Registers a file-backed heap region (`fd >= 0`) for the fork child's copy-on-write remap, and
+/// installs the fork handlers.
+pub(crate) fn register_fork_region(base: *mut u8, len: usize, fd: i32) {
+    install_atfork();
+    if fd < 0 {
+        return;
+    }
+    let mut r = FORK_REGIONS.lock();
+    if let Some(slot) = r.iter_mut().find(|e| e.is_none()) {
+        *slot = Some(ForkRegion {
+            base: base as usize,
+            len,
+            fd,
+        });
+    }
+}
+
+/// Forgets a region (heap dropped).
+pub(crate) fn unregister_fork_region(base: *mut u8) {
+    let mut r = FORK_REGIONS.lock();
+    for e in r.iter_mut() {
+        if matches!(e, Some(f) if f.base == base as usize) {
+            *e = None;
+        }
+    }
+}
+
+extern "C" fn fork_prepare() {
+    // Lock order: regions, heap registry, ids, then every heap's bins and extents, so that no
+    // lock is held by a thread that does not exist in the child.
+    FORK_REGIONS.raw().lock();
+    HEAPS.raw().lock();
+    IDS.raw().lock();
+    // SAFETY: we hold the registry lock, so the entries are live heaps.
+    unsafe {
+        for e in (*HEAPS.data_ptr()).iter().flatten() {
+            (e.1.lock_all)(e.0);
+        }
+    }
+}
+
+fn release_all() {
+    // SAFETY: the prepare handler took every lock released here, in this process.
+    unsafe {
+        for e in (*HEAPS.data_ptr()).iter().flatten() {
+            (e.1.unlock_all)(e.0);
+        }
+        IDS.raw().unlock();
+        HEAPS.raw().unlock();
+        FORK_REGIONS.raw().unlock();
+    }
+}
+
+extern "C" fn fork_parent() {
+    release_all();
+}
+
+extern "C" fn fork_child() {
+    IN_CHILD.store(true, Ordering::Relaxed);
+    // SAFETY: the child is single-threaded here and the prepare handler holds the region lock.
+    unsafe {
+        for r in (*FORK_REGIONS.data_ptr()).iter().flatten() {
+            // Copy-on-write view of the file at the same address: the child's writes stay in the
+            // child. (It still sees pages the parent changes later until it writes them itself.)
+            libc::mmap(
+                r.base as *mut libc::c_void,
+                r.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                r.fd,
+                0,
+            );
+        }
+    }
+    release_all();
 }

@@ -1,0 +1,280 @@
+//! The volatile heap: collections through the Allocator API, several heaps at once, alignment and
+//! reference-model property tests, in-place realloc, zeroed memory, hole punching, growth, stats.
+
+use allocator_api2::vec::Vec as AVec;
+use pmem_alloc::volatile::VolatileHeap;
+use proptest::prelude::*;
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+
+fn file_heap(dir: &std::path::Path, size: u64) -> VolatileHeap {
+    VolatileHeap::builder().dir(dir).size(size).build().unwrap()
+}
+
+#[test]
+fn collections_live_in_the_heap_and_several_heaps_coexist() {
+    let d = tempfile::tempdir().unwrap();
+    let a = file_heap(d.path(), 32 << 20);
+    let b = VolatileHeap::anonymous(32 << 20).unwrap();
+    let mut va: AVec<u64, _> = AVec::new_in(&a);
+    let mut m: hashbrown::HashMap<u64, AVec<u8, &VolatileHeap>, _, _> =
+        hashbrown::HashMap::with_hasher_in(hashbrown::DefaultHashBuilder::default(), &b);
+    for i in 0..20_000u64 {
+        va.push(i * 3);
+        let mut v = AVec::new_in(&b);
+        v.extend_from_slice(&i.to_le_bytes());
+        m.insert(i, v);
+    }
+    assert!(a.owns(va.as_ptr().cast()));
+    assert!(!b.owns(va.as_ptr().cast()));
+    assert!(b.owns(m.get(&7).unwrap().as_ptr()));
+    assert_eq!(va.iter().sum::<u64>(), 3 * (20_000 * 19_999 / 2));
+    assert_eq!(m[&12345][..], 12345u64.to_le_bytes());
+    let sa = a.stats();
+    assert!(sa.in_use >= 160_000, "{sa}");
+    drop(va);
+    drop(m);
+    let sb = b.stats();
+    assert!(sb.in_use < 1 << 20, "{sb}");
+    assert!(format!("{}", a.stats()).contains("in use"));
+    a.core().check().unwrap();
+    b.core().check().unwrap();
+}
+
+#[test]
+fn every_alignment_up_to_64k_is_honoured() {
+    let h = VolatileHeap::anonymous(64 << 20).unwrap();
+    let mut blocks = vec![];
+    for shift in 0..=16 {
+        let align = 1usize << shift;
+        for size in [1, 7, align, align + 1, 3 * align, 40_000] {
+            let l = Layout::from_size_align(size, align).unwrap();
+            let p = h.alloc(l);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "size {size} align {align}");
+            // SAFETY: fresh block of `size` bytes.
+            unsafe { std::ptr::write_bytes(p, 0xAB, size) };
+            blocks.push((p, l));
+        }
+    }
+    for (p, l) in blocks {
+        // SAFETY: allocated above with `l`.
+        unsafe { h.dealloc(p, l) };
+    }
+    h.core().check().unwrap();
+}
+
+#[test]
+fn realloc_stays_in_place_when_the_block_allows() {
+    let h = VolatileHeap::anonymous(64 << 20).unwrap();
+    let l = Layout::from_size_align(100, 8).unwrap();
+    let p = h.alloc(l);
+    // 100 and 110 share the 112-byte class
+    // SAFETY: live block of this heap.
+    let q = unsafe { h.realloc(p, l, 110) };
+    assert_eq!(p, q);
+    // a large block grows into the free pages after it
+    let big = Layout::from_size_align(100_000, 16).unwrap();
+    let p = h.alloc(big);
+    // SAFETY: writing within the block.
+    unsafe { std::ptr::write_bytes(p, 7, 100_000) };
+    // SAFETY: live block.
+    let q = unsafe { h.realloc(p, big, 300_000) };
+    assert_eq!(p, q, "fresh heap: the pages after the block are free");
+    // SAFETY: the first 100_000 bytes were preserved.
+    assert!(unsafe { std::slice::from_raw_parts(q, 100_000) }
+        .iter()
+        .all(|&b| b == 7));
+    // SAFETY: live block, now 300_000 bytes.
+    unsafe { h.dealloc(q, Layout::from_size_align(300_000, 16).unwrap()) };
+    h.core().check().unwrap();
+}
+
+#[test]
+fn zeroed_allocations_are_zero_even_after_reuse() {
+    let h = VolatileHeap::anonymous(64 << 20).unwrap();
+    for round in 0..3 {
+        let mut v = vec![];
+        for size in [16usize, 200, 5000, 40_000, 3 << 20] {
+            let l = Layout::from_size_align(size, 16).unwrap();
+            let p = h.alloc_zeroed(l);
+            // SAFETY: fresh block.
+            let s = unsafe { std::slice::from_raw_parts_mut(p, size) };
+            assert!(s.iter().all(|&b| b == 0), "round {round} size {size}");
+            s.fill(0xEE);
+            v.push((p, l));
+        }
+        for (p, l) in v {
+            // SAFETY: allocated above.
+            unsafe { h.dealloc(p, l) };
+        }
+    }
+}
+
+fn file_blocks(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn large_frees_return_space_to_the_file_system() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("heap");
+    let h = VolatileHeap::builder()
+        .file(&path)
+        .size(128 << 20)
+        .build()
+        .unwrap();
+    let l = Layout::from_size_align(8 << 20, 4096).unwrap();
+    let blocks: Vec<_> = (0..8).map(|_| h.alloc(l)).collect();
+    for &p in &blocks {
+        // SAFETY: fresh 8 MiB blocks.
+        unsafe { std::ptr::write_bytes(p, 1, 8 << 20) };
+    }
+    let full = file_blocks(&path);
+    for p in blocks {
+        // SAFETY: allocated above.
+        unsafe { h.dealloc(p, l) };
+    }
+    let after = file_blocks(&path);
+    assert!(
+        after + (48 << 20) <= full,
+        "file used {full} bytes, still {after} after freeing 64 MiB"
+    );
+}
+
+#[test]
+fn the_heap_grows_on_demand() {
+    let h = VolatileHeap::builder()
+        .anonymous()
+        .size(1 << 20)
+        .max_size(512 << 20)
+        .build()
+        .unwrap();
+    let l = Layout::from_size_align(1 << 20, 16).unwrap();
+    let v: Vec<_> = (0..100).map(|_| h.alloc(l)).collect();
+    assert!(v.iter().all(|p| !p.is_null()));
+    assert!(h.stats().mapped >= 100 << 20);
+    let small: Vec<_> = (0..10_000)
+        .map(|_| h.alloc(Layout::new::<[u64; 4]>()))
+        .collect();
+    assert!(small.iter().all(|p| !p.is_null()));
+    h.core().check().unwrap();
+    // beyond the limit: null, not a crash
+    let huge = Layout::from_size_align(1 << 30, 16).unwrap();
+    assert!(h.alloc(huge).is_null());
+}
+
+#[test]
+fn cross_thread_frees_and_thread_exit_return_caches() {
+    let h = VolatileHeap::anonymous(64 << 20).unwrap();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let ptrs: Vec<usize> = std::thread::scope(|s| {
+        s.spawn(|| (0..10_000).map(|_| h.alloc(l) as usize).collect())
+            .join()
+            .unwrap()
+    });
+    // the allocating thread has exited: its cache was flushed
+    let cached_after_exit = h.stats().cached;
+    assert!(cached_after_exit < 64 * 64, "{}", h.stats());
+    std::thread::scope(|s| {
+        for chunk in ptrs.chunks(2500) {
+            let h = &h;
+            s.spawn(move || {
+                for &p in chunk {
+                    // SAFETY: allocated above with `l`, freed once.
+                    unsafe { h.dealloc(p as *mut u8, l) };
+                }
+            });
+        }
+    });
+    let st = h.stats();
+    assert_eq!(st.in_use, 0, "{st}");
+    h.core().check().unwrap();
+}
+
+/// Whether `len` bytes at `p` (a live block of the test) all equal `t`.
+fn filled(p: *const u8, len: usize, t: u8) -> bool {
+    // SAFETY: callers pass live blocks of at least `len` bytes.
+    unsafe { std::slice::from_raw_parts(p, len) }
+        .iter()
+        .all(|&b| b == t)
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { size: usize, align_shift: u32 },
+    Free(usize),
+    Realloc(usize, usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (prop_oneof![1usize..512, 1usize..40_000, 30_000usize..300_000], 0u32..13)
+            .prop_map(|(size, align_shift)| Op::Alloc { size, align_shift }),
+        3 => any::<usize>().prop_map(Op::Free),
+        2 => (any::<usize>(), 1usize..100_000).prop_map(|(i, s)| Op::Realloc(i, s)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Against a reference model: live blocks never overlap, keep their contents, respect their
+    /// alignment; the checker passes after every sequence.
+    #[test]
+    fn reference_model(ops in proptest::collection::vec(op(), 1..200)) {
+        let h = VolatileHeap::anonymous(8 << 20).unwrap();
+        let mut live: Vec<(usize, Layout, u8)> = vec![];
+        let mut tag = 0u8;
+        for o in ops {
+            match o {
+                Op::Alloc { size, align_shift } => {
+                    let l = Layout::from_size_align(size, 1 << align_shift).unwrap();
+                    let p = h.alloc(l);
+                    prop_assert!(!p.is_null());
+                    prop_assert_eq!(p as usize % l.align(), 0);
+                    tag = tag.wrapping_add(1);
+                    // SAFETY: fresh block of `size` bytes.
+                    unsafe { std::ptr::write_bytes(p, tag, size) };
+                    live.push((p as usize, l, tag));
+                }
+                Op::Free(i) if !live.is_empty() => {
+                    let (p, l, t) = live.swap_remove(i % live.len());
+                    prop_assert!(filled(p as *const u8, l.size(), t));
+                    // SAFETY: allocated with `l`.
+                    unsafe { h.dealloc(p as *mut u8, l) };
+                }
+                Op::Realloc(i, s) if !live.is_empty() => {
+                    let k = i % live.len();
+                    let (p, l, t) = live[k];
+                    // SAFETY: live block of this heap.
+                    let q = unsafe { h.realloc(p as *mut u8, l, s) };
+                    prop_assert!(!q.is_null());
+                    let keep = l.size().min(s);
+                    prop_assert!(filled(q, keep, t));
+                    // SAFETY: fill the rest of the new block with the tag.
+                    unsafe { std::ptr::write_bytes(q, t, s) };
+                    live[k] = (q as usize, Layout::from_size_align(s, l.align()).unwrap(), t);
+                }
+                _ => {}
+            }
+            // no overlap among live blocks
+            let mut iv: BTreeMap<usize, usize> = BTreeMap::new();
+            for &(p, l, _) in &live {
+                iv.insert(p, p + l.size());
+            }
+            let mut end = 0;
+            for (&s, &e) in &iv {
+                prop_assert!(s >= end, "overlap at {s:#x}");
+                end = e;
+            }
+        }
+        for (p, l, t) in live {
+            prop_assert!(filled(p as *const u8, l.size(), t));
+            // SAFETY: allocated with `l`.
+            unsafe { h.dealloc(p as *mut u8, l) };
+        }
+        prop_assert!(h.core().check().is_ok());
+        prop_assert_eq!(h.stats().in_use, 0);
+    }
+}
