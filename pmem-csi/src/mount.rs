@@ -1,4 +1,4 @@
-//! Mounting: a [`Mounter`] trait with a real implementation (mount/umount/mkfs/blkid through
+//! Mounting: a [`Mounter`] trait with a real implementation (mount/umount/mkfs through
 //! the [`Runner`]) and a fake one that keeps a mount table in a file (no root needed).
 
 use crate::error::{Error, Result};
@@ -42,7 +42,39 @@ pub fn mkfs_cmd(dev: &Path, fstype: &str) -> Result<Cmd> {
     }
 }
 
-/// The real thing: `mount(8)`, `umount(8)`, `mkfs.*`, `blkid`, `resize2fs`, `xfs_growfs`.
+/// Recognises the file systems the driver creates from the first 4 KiB of a device.
+///
+/// ext2/3/4 keep the magic 0xEF53 at byte 1080 (offset 56 of the superblock at 1024); XFS
+/// starts with `XFSB`. Done in-process rather than with `blkid`, whose options differ between
+/// util-linux and busybox.
+pub fn detect_fs(header: &[u8]) -> Option<&'static str> {
+    if header.len() >= 4 && &header[..4] == b"XFSB" {
+        return Some("xfs");
+    }
+    if header.len() >= 1082 && header[1080] == 0x53 && header[1081] == 0xEF {
+        return Some("ext4");
+    }
+    None
+}
+
+/// Reads the header of `dev` and runs [`detect_fs`] on it.
+pub fn probe_fs(dev: &Path) -> Result<Option<&'static str>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(dev)
+        .map_err(|e| Error::Internal(format!("cannot open {}: {e}", dev.display())))?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(detect_fs(&buf[..n]))
+}
+
+/// The real thing: `mount(8)`, `umount(8)`, `mkfs.*`, `resize2fs`, `xfs_growfs` (util-linux
+/// or busybox versions).
 #[derive(Debug)]
 pub struct SystemMounter {
     runner: Arc<dyn Runner>,
@@ -65,30 +97,13 @@ impl Mounter for SystemMounter {
     }
 
     fn format_if_needed(&self, dev: &Path, fstype: &str) -> Result<()> {
-        let probe = Cmd::new(
-            "blkid",
-            ["-p", "-s", "TYPE", "-o", "value", &dev.to_string_lossy()],
-        );
-        let out = self.runner.run(&probe)?;
-        match out.code {
-            Some(0) => {
-                let found = out.stdout.trim();
-                if found == fstype {
-                    Ok(())
-                } else {
-                    Err(Error::FailedPrecondition(format!(
-                        "{} already holds a {found:?} file system, {fstype} requested",
-                        dev.display()
-                    )))
-                }
-            }
-            // blkid: 2 = nothing found.
-            Some(2) => self.runner.run_ok(&mkfs_cmd(dev, fstype)?).map(drop),
-            _ => Err(Error::Command {
-                command: probe.to_string(),
-                status: format!("{:?}", out.code),
-                stderr: out.stderr.trim().to_string(),
-            }),
+        match probe_fs(dev)? {
+            Some(found) if found == fstype => Ok(()),
+            Some(found) => Err(Error::FailedPrecondition(format!(
+                "{} already holds a {found} file system, {fstype} requested",
+                dev.display()
+            ))),
+            None => self.runner.run_ok(&mkfs_cmd(dev, fstype)?).map(drop),
         }
     }
 
@@ -108,7 +123,8 @@ impl Mounter for SystemMounter {
             src.to_string_lossy().into_owned(),
             target.to_string_lossy().into_owned(),
         );
-        self.runner.run_ok(&Cmd::new("mount", ["--bind", &s, &t]))?;
+        self.runner
+            .run_ok(&Cmd::new("mount", ["-o", "bind", &s, &t]))?;
         if readonly {
             if let Err(e) = self
                 .runner
@@ -279,25 +295,37 @@ mod tests {
 
     #[test]
     fn system_mounter_formats_only_blank_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d0, d1) = (dir.path().join("pmem0"), dir.path().join("pmem1"));
+        std::fs::write(&d0, vec![0u8; 8192]).unwrap();
+        std::fs::write(&d1, vec![0u8; 100]).unwrap();
         let r = Arc::new(ScriptedRunner::new());
-        r.expect("blkid -p -s TYPE -o value /dev/pmem0", Output::fail(2, ""))
-            .expect("mkfs.ext4 -F -q -b 4096 /dev/pmem0", Output::ok(""))
-            .expect("blkid -p -s TYPE -o value /dev/pmem0", Output::ok("ext4\n"))
-            .expect("blkid -p -s TYPE -o value /dev/pmem0", Output::ok("ext4\n"))
-            .expect("blkid -p -s TYPE -o value /dev/pmem1", Output::fail(2, ""))
-            .expect("mkfs.xfs -f -q -m reflink=0 /dev/pmem1", Output::ok(""))
-            .expect("mount -t ext4 -o dax /dev/pmem0 /stage", Output::ok(""))
-            .expect("mount --bind /stage /target", Output::ok(""))
-            .expect("mount -o remount,bind,ro /target", Output::fail(32, "nope"))
-            .expect("umount /target", Output::ok(""));
+        r.expect(
+            &format!("mkfs.ext4 -F -q -b 4096 {}", d0.display()),
+            Output::ok(""),
+        )
+        .expect(
+            &format!("mkfs.xfs -f -q -m reflink=0 {}", d1.display()),
+            Output::ok(""),
+        )
+        .expect("mount -t ext4 -o dax /dev/pmem0 /stage", Output::ok(""))
+        .expect("mount -o bind /stage /target", Output::ok(""))
+        .expect("mount -o remount,bind,ro /target", Output::fail(32, "nope"))
+        .expect("umount /target", Output::ok(""));
         let m = SystemMounter::new(r.clone());
-        m.format_if_needed(Path::new("/dev/pmem0"), "ext4").unwrap();
-        m.format_if_needed(Path::new("/dev/pmem0"), "ext4").unwrap();
-        let e = m
-            .format_if_needed(Path::new("/dev/pmem0"), "xfs")
-            .unwrap_err();
+        m.format_if_needed(&d0, "ext4").unwrap();
+        // What mkfs.ext4 would have written.
+        let mut img = vec![0u8; 8192];
+        img[1080] = 0x53;
+        img[1081] = 0xEF;
+        std::fs::write(&d0, &img).unwrap();
+        m.format_if_needed(&d0, "ext4").unwrap();
+        let e = m.format_if_needed(&d0, "xfs").unwrap_err();
         assert!(matches!(e, Error::FailedPrecondition(_)));
-        m.format_if_needed(Path::new("/dev/pmem1"), "xfs").unwrap();
+        m.format_if_needed(&d1, "xfs").unwrap();
+        assert!(m
+            .format_if_needed(&dir.path().join("missing"), "xfs")
+            .is_err());
         m.mount(
             Path::new("/dev/pmem0"),
             Path::new("/stage"),
@@ -310,6 +338,21 @@ mod tests {
             .is_err());
         assert_eq!(r.remaining(), 0);
         assert!(mkfs_cmd(Path::new("/dev/x"), "btrfs").is_err());
+    }
+
+    #[test]
+    fn detects_file_systems() {
+        let mut xfs = b"XFSB".to_vec();
+        xfs.resize(4096, 0);
+        assert_eq!(detect_fs(&xfs), Some("xfs"));
+        assert_eq!(detect_fs(&[0u8; 4096]), None);
+        assert_eq!(detect_fs(&[]), None);
+        let mut ext = vec![0u8; 2048];
+        ext[1080] = 0x53;
+        ext[1081] = 0xEF;
+        assert_eq!(detect_fs(&ext), Some("ext4"));
+        ext[1081] = 0;
+        assert_eq!(detect_fs(&ext), None);
     }
 
     #[test]

@@ -147,7 +147,14 @@ impl DeviceManager for DirectManager {
             }
             ns = self.create_ns(&region.dev, name, want)?;
         }
-        Self::to_device(ns)
+        let dev = Self::to_device(ns)?;
+        // A new namespace may cover space of a deleted one: wipe the old file-system
+        // signatures so that staging never mounts another volume's data.
+        self.runner.run_ok(&super::zero_cmd(
+            &dev.path.to_string_lossy(),
+            (1 << 20).min(dev.size),
+        ))?;
+        Ok(dev)
     }
 
     fn delete(&self, name: &str, erase: bool) -> Result<()> {
@@ -157,10 +164,8 @@ impl DeviceManager for DirectManager {
         };
         if erase {
             if let Some(b) = &ns.blockdev {
-                self.runner.run_ok(&Cmd::new(
-                    "shred",
-                    ["--iterations=0", "--zero", &format!("/dev/{b}")],
-                ))?;
+                self.runner
+                    .run_ok(&super::zero_cmd(&format!("/dev/{b}"), ns.size))?;
             }
         }
         self.destroy(&ns.dev)
@@ -235,7 +240,8 @@ mod tests {
             .expect(
                 &format!("ndctl create-namespace --mode=fsdax --map=dev --region=region0 --size=285212672 --name={name}"),
                 Output::ok(&ns(&name, 280887296)),
-            );
+            )
+            .expect("dd if=/dev/zero of=/dev/pmem0.1 bs=4096 count=256 conv=fsync", Output::ok(""));
         let d = m.create(&name, "pvc-7", 256 << 20).unwrap();
         assert!(d.size >= 256 << 20);
         assert_eq!(d.path, PathBuf::from("/dev/pmem0.1"));

@@ -201,8 +201,7 @@ impl DeviceManager for LvmManager {
             return Ok(());
         };
         if erase {
-            self.runner
-                .run_ok(&Cmd::new("shred", ["--iterations=0", "--zero", &lv.path]))?;
+            self.runner.run_ok(&super::zero_cmd(&lv.path, lv.size))?;
         }
         self.runner.run_ok(&Cmd::new(
             "lvremove",
@@ -335,7 +334,9 @@ mod tests {
             Output::ok(&lvs_json(&[(&name, 209715200, "pvc-1")])),
         )
         .expect(
-            &format!("shred --iterations=0 --zero /dev/pmem-csi-region0/{name}"),
+            &format!(
+                "dd if=/dev/zero of=/dev/pmem-csi-region0/{name} bs=4096 count=51200 conv=fsync"
+            ),
             Output::ok(""),
         )
         .expect(

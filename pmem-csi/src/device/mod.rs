@@ -113,6 +113,21 @@ pub fn is_device_name(name: &str) -> bool {
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The command that zeroes the first `size` bytes of `dev` (`dd`, available from coreutils and
+/// busybox alike; `size` is a multiple of 4 KiB for every backend).
+pub fn zero_cmd(dev: &str, size: u64) -> crate::exec::Cmd {
+    crate::exec::Cmd::new(
+        "dd",
+        [
+            "if=/dev/zero".to_string(),
+            format!("of={dev}"),
+            "bs=4096".to_string(),
+            format!("count={}", size.div_ceil(4096)),
+            "conv=fsync".to_string(),
+        ],
+    )
+}
+
 /// Rounds `size` up to a multiple of `unit` (saturating).
 pub fn round_up(size: u64, unit: u64) -> u64 {
     if unit <= 1 {
