@@ -289,6 +289,35 @@ pub fn run_batch<P: PersistPeer + ?Sized>(
     timer.net(t1.wrapping_sub(t0))
 }
 
+/// Involuntary context switches of the calling thread so far (0 where unknown).
+pub fn involuntary_switches() -> u64 {
+    // SAFETY: `ru` is a plain output struct, fully written by getrusage on success.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut ru) == 0 {
+            ru.ru_nivcsw as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// Runs `f` until it completes without the thread being preempted (no involuntary context
+/// switch during the call), at most `1 + max_retries` times; returns the last result and the
+/// number of reruns. On a shared machine this drops trials in which another process ran on
+/// our CPU, which would otherwise charge its time to whichever peer was running.
+pub fn undisturbed<T>(max_retries: u32, mut f: impl FnMut() -> T) -> (T, u32) {
+    let mut retries = 0;
+    loop {
+        let before = involuntary_switches();
+        let v = f();
+        if involuntary_switches() == before || retries >= max_retries {
+            return (v, retries);
+        }
+        retries += 1;
+    }
+}
+
 /// Runs `warmup` discarded rounds and then `trials` measured rounds over `n` contenders,
 /// alternating the order every round (0,1,..,n-1 then n-1,..,0), so slow drifts of a noisy
 /// machine hit every contender alike. `trial(i)` runs one trial of contender `i` and returns

@@ -377,8 +377,27 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
          discarded, {} are kept. Values are medians over trials; ratios are medians of the \
          per-trial ratios of the two peers run back to back (interquartile range in \
          parentheses). A miss whose interquartile range still reaches the target is marked \
-         *within noise*.\n",
+         *within noise*.",
         runs[0].warmup, runs[0].trials
+    );
+    let retried: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let n: u64 = r.cases.iter().map(|c| c.retried_trials).sum();
+            let total: usize = r
+                .cases
+                .iter()
+                .map(|c| c.peers.len() * (r.trials + r.warmup))
+                .sum();
+            format!("{n} of {total} for `{}`", r.flush)
+        })
+        .collect();
+    let _ = writeln!(
+        w,
+        "- A trial during which the process was preempted (an involuntary context switch, \
+         from `getrusage`) is rerun, up to 5 times: {} in these runs. Interference through \
+         the shared memory system cannot be excluded that way.\n",
+        retried.join(", ")
     );
 
     // Commands.
@@ -597,6 +616,7 @@ mod tests {
             size: 4096,
             ops_per_trial: 1,
             slots: 1,
+            retried_trials: 0,
             peers: vec![
                 PeerResult::from_trials("pmem-alloc", vec![100.0, 100.0]),
                 PeerResult::from_trials("libpmem", vec![110.0, 110.0]),

@@ -179,6 +179,9 @@ pub struct Case {
     pub ops_per_trial: usize,
     /// Distinct offsets the operations rotate over.
     pub slots: usize,
+    /// Trials rerun because the thread was preempted during them (all peers together).
+    #[serde(default)]
+    pub retried_trials: u64,
     /// Every peer, in registry order.
     pub peers: Vec<PeerResult>,
 }
@@ -370,6 +373,7 @@ mod tests {
             size: 64,
             ops_per_trial: 1,
             slots: 1,
+            retried_trials: 0,
             peers: vec![
                 PeerResult::from_trials("a", vec![2.0, 4.0, 6.0]),
                 PeerResult::from_trials("b", vec![1.0, 4.0, 2.0]),
