@@ -1287,6 +1287,38 @@ impl<P: Persist + 'static> HeapCore<P> {
         s
     }
 
+    /// Per-class and free-space detail for tools (`pma-pool info`). Takes every lock in turn;
+    /// thread-cached blocks count as in use.
+    pub fn detail(&self) -> HeapDetail {
+        let mut d = HeapDetail::default();
+        for c in 0..NCLASSES {
+            let b = self.bins[c].0.lock();
+            if b.runs > 0 || b.blocks_out > 0 {
+                d.classes.push(ClassDetail {
+                    size: class_size(c),
+                    runs: b.runs,
+                    blocks_out: b.blocks_out,
+                    capacity: (b.runs * run_blocks(c)) as u64,
+                });
+            }
+        }
+        let ex = self.extents.lock();
+        for b in 0..EXT_BINS {
+            let mut cur = ex.bins[b];
+            while cur != NIL {
+                // SAFETY: bin lists link free-extent heads; lock held.
+                let m = unsafe { &*self.meta_at(cur as usize) };
+                d.free_extents += 1;
+                d.largest_free_pages = d.largest_free_pages.max(m.len as usize);
+                cur = m.next;
+            }
+        }
+        d.free_pages = ex.free_pages;
+        d.large_pages = ex.large_pages;
+        d.large_allocations = self.large_live.load(Ordering::Relaxed);
+        d
+    }
+
     // ------------------------------------------------------------------ open / recovery support
 
     /// Walks every zone's durable page map and rebuilds the volatile page metadata. Returns the
@@ -1771,6 +1803,67 @@ impl<P: Persist> Drop for HeapCore<P> {
     fn drop(&mut self) {
         if self.registered.swap(false, Ordering::AcqRel) {
             tcache::unregister_heap(self as *const Self as usize);
+        }
+    }
+}
+
+/// One size class in [`HeapDetail`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassDetail {
+    /// Block size.
+    pub size: usize,
+    /// Runs of the class.
+    pub runs: usize,
+    /// Blocks out of runs (live or thread-cached).
+    pub blocks_out: u64,
+    /// Blocks the runs can hold.
+    pub capacity: u64,
+}
+
+/// Detail for tools: classes, free extents, fragmentation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeapDetail {
+    /// Classes in use.
+    pub classes: Vec<ClassDetail>,
+    /// Free pages.
+    pub free_pages: usize,
+    /// Free extents.
+    pub free_extents: usize,
+    /// Largest free extent in pages.
+    pub largest_free_pages: usize,
+    /// Pages in large allocations.
+    pub large_pages: usize,
+    /// Large allocations.
+    pub large_allocations: usize,
+}
+
+impl HeapDetail {
+    /// External fragmentation of free space: 1 - largest free extent / free pages (0 = one
+    /// contiguous free extent).
+    pub fn free_fragmentation(&self) -> f64 {
+        if self.free_pages == 0 {
+            0.0
+        } else {
+            1.0 - self.largest_free_pages as f64 / self.free_pages as f64
+        }
+    }
+
+    /// Fraction of run capacity not holding live blocks (internal fragmentation of runs).
+    pub fn run_slack(&self) -> f64 {
+        let cap: u64 = self
+            .classes
+            .iter()
+            .map(|c| c.capacity * c.size as u64)
+            .sum();
+        let used: u64 = self
+            .classes
+            .iter()
+            .map(|c| c.blocks_out * c.size as u64)
+            .sum();
+        if cap == 0 {
+            0.0
+        } else {
+            1.0 - used as f64 / cap as f64
         }
     }
 }
