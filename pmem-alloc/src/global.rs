@@ -19,6 +19,7 @@
 //! |---|---|
 //! | `PMEM_HEAP_DIR` | directory (a `-o dax` mount) for an unlinked heap file |
 //! | `PMEM_HEAP_FILE` | heap file path (created; must not exist) |
+//! | `PMEM_HEAP_DEVICE` | a device-DAX device (`/dev/daxN.M`), used whole |
 //! | `PMEM_HEAP_SIZE` | initial size, bytes or with a `K`/`M`/`G`/`T` suffix (default 64M) |
 //! | `PMEM_HEAP_MAX` | largest size the heap grows to (default 64 x size, at least 1G) |
 //! | `PMEM_HEAP_QUIET` | `1`: do not print the notice below |
@@ -144,7 +145,9 @@ impl PmemGlobalAlloc {
         // Everything allocated from here until READY comes from the system allocator.
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let quiet = self.quiet || env("PMEM_HEAP_QUIET").as_deref() == Some("1");
-        let backing = if let Some(f) = env("PMEM_HEAP_FILE") {
+        let backing = if let Some(d) = env("PMEM_HEAP_DEVICE") {
+            Backing::Device(PathBuf::from(d))
+        } else if let Some(f) = env("PMEM_HEAP_FILE") {
             Backing::File(PathBuf::from(f))
         } else if let Some(d) = env("PMEM_HEAP_DIR") {
             Backing::Dir(PathBuf::from(d))
@@ -155,7 +158,7 @@ impl PmemGlobalAlloc {
         } else {
             if !quiet {
                 eprintln!(
-                    "pmem-alloc: no PMEM_HEAP_DIR or PMEM_HEAP_FILE configured: the global heap uses \
+                    "pmem-alloc: no PMEM_HEAP_DIR, PMEM_HEAP_FILE or PMEM_HEAP_DEVICE configured: the global heap uses \
                      anonymous memory (DRAM). Set PMEM_HEAP_QUIET=1 to silence this notice."
                 );
             }

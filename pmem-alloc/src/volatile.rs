@@ -45,6 +45,8 @@ pub enum Backing {
     File(PathBuf),
     /// Private anonymous memory (DRAM).
     Anonymous,
+    /// An existing device-DAX character device (`/dev/daxN.M`), used whole; it cannot grow.
+    Device(PathBuf),
 }
 
 /// Builder for [`VolatileHeap`].
@@ -92,6 +94,11 @@ impl VolatileHeapBuilder {
     /// Anonymous memory.
     pub fn anonymous(mut self) -> Self {
         self.backing = Backing::Anonymous;
+        self
+    }
+    /// A device-DAX device (used whole).
+    pub fn device(mut self, path: &Path) -> Self {
+        self.backing = Backing::Device(path.to_path_buf());
         self
     }
     /// Any backing.
@@ -195,6 +202,12 @@ impl VolatileHeap {
                 let base = r.ptr();
                 (Region::Anon(r), base, max as usize, -1)
             }
+            Backing::Device(d) => {
+                let m = Mapping::open(d, &MapOptions::new().require_dax(true))?;
+                let base = m.as_ptr();
+                let len = m.len() & !(PAGE - 1);
+                (Region::File(m), base, len, -1)
+            }
             Backing::Dir(d) | Backing::File(d) => {
                 let path = match &b.backing {
                     Backing::Dir(_) => d.join(unique_name()),
@@ -238,6 +251,7 @@ impl VolatileHeap {
             }
             .map_err(HeapError::Meta)?,
         );
+        let size = if matches!(b.backing, Backing::Device(_)) { reserved as u64 } else { size };
         let npages = size as usize / PAGE;
         // SAFETY: the page map covers `max_pages` words of private anonymous memory.
         unsafe {
