@@ -251,6 +251,8 @@ pub struct ReconcileReport {
     pub stale_mounts: usize,
     /// Unreadable records.
     pub problems: Vec<String>,
+    /// Half-made allocations (e.g. namespaces) removed.
+    pub partial_removed: usize,
 }
 
 /// The driver.
@@ -322,6 +324,10 @@ impl Driver {
         let mut report = ReconcileReport::default();
         let (recs, problems) = self.store.load_all()?;
         report.problems = problems;
+        for p in self.devices.cleanup_partial()? {
+            log::warn!("removed the remains of an interrupted allocation: {p}");
+            report.partial_removed += 1;
+        }
         let mut devices: BTreeMap<String, _> = self
             .devices
             .list()?

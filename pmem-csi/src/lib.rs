@@ -22,3 +22,6 @@ pub mod state;
 pub mod validate;
 
 pub use bpfman_csi::v1 as csi;
+
+/// The driver name used by default and in the deployment files under `deploy/`.
+pub const DEFAULT_DRIVER_NAME: &str = "pmem-csi.pmem-sdk.io";

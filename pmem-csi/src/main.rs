@@ -23,7 +23,7 @@ struct Args {
     #[arg(long)]
     node_id: Option<String>,
     /// CSI driver name.
-    #[arg(long, default_value = "pmem-csi.pmem-sdk.io")]
+    #[arg(long, default_value = pmem_csi::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// Where volumes come from.
     #[arg(long, value_enum, default_value_t = DeviceMode::Lvm)]

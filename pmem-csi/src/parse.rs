@@ -1,8 +1,10 @@
 //! Pure parsers for the output of `lvs`, `vgs`, `ndctl list` and `/proc/self/mountinfo`.
 //!
-//! The samples in the tests are realistic captures written in the exact format these tools
-//! emit (LVM's `--reportformat json`, where every value is a string; ndctl's JSON, which prints
-//! a bare object instead of an array when there is exactly one element).
+//! The test samples marked "captured" were produced by the real tools inside the QEMU guest
+//! with an emulated NVDIMM (LVM 2.03 / ndctl 76 of Debian 12); the others are written in the
+//! same format to cover more shapes (LVM's `--reportformat json`, where every value is a
+//! string; ndctl's JSON, which prints a bare object instead of an array for one element and
+//! wraps regions in `{"regions": [...]}` with `-RN`).
 
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -69,6 +71,9 @@ pub struct Namespace {
     pub blockdev: Option<String>,
     /// Namespace label name, if any.
     pub name: Option<String>,
+    /// Whether the namespace is enabled (`ndctl list -i` also shows disabled ones, with
+    /// `"state":"disabled"`).
+    pub enabled: bool,
 }
 
 /// One line of `/proc/self/mountinfo`.
@@ -197,6 +202,7 @@ fn parse_namespace(v: &Value) -> Result<Namespace> {
             .and_then(Value::as_str)
             .map(str::to_string),
         name: v.get("name").and_then(Value::as_str).map(str::to_string),
+        enabled: v.get("state").and_then(Value::as_str) != Some("disabled"),
     })
 }
 
@@ -378,6 +384,67 @@ mod tests {
 ]
 "#;
 
+    // Captured in the QEMU guest after `vgcreate` and `lvcreate` as the driver runs them.
+    const VGS_GUEST: &str = r#"  {
+      "report": [
+          {
+              "vg": [
+                  {"vg_name":"pmem-csi-region0", "vg_size":"2143289344", "vg_free":"2143289344", "vg_extent_size":"4194304", "vg_tags":"pmem-csi"}
+              ]
+          }
+      ]
+  }
+"#;
+    const LVS_GUEST: &str = r#"  {
+      "report": [
+          {
+              "lv": [
+                  {"lv_name":"pmem-0123456789abcdef", "vg_name":"pmem-csi-region0", "lv_size":"8388608", "lv_path":"/dev/pmem-csi-region0/pmem-0123456789abcdef", "lv_tags":"pmem-csi,pmem-csi.id=pvc-1"}
+              ]
+          }
+      ]
+  }
+"#;
+
+    #[test]
+    fn captured_lvm() {
+        let vg = &parse_vgs(VGS_GUEST).unwrap()[0];
+        assert_eq!(
+            (vg.size, vg.free, vg.extent_size),
+            (2143289344, 2143289344, 4 << 20)
+        );
+        let lv = &parse_lvs(LVS_GUEST).unwrap()[0];
+        assert_eq!(lv.size, 8 << 20);
+        assert_eq!(lv.path, "/dev/pmem-csi-region0/pmem-0123456789abcdef");
+        assert!(lv.tags.contains(&"pmem-csi.id=pvc-1".to_string()));
+    }
+
+    // Captured in the QEMU guest (tools/daxvm) from `ndctl list -RN` on a fresh 2 GiB DIMM
+    // whose label area is still empty: one bus, so ndctl wraps the regions in an object.
+    const NDCTL_GUEST_RN: &str = r#"{
+  "regions":[
+    {
+      "dev":"region0",
+      "size":2147483648,
+      "align":16777216,
+      "available_size":0,
+      "max_available_extent":0,
+      "type":"pmem",
+      "persistence_domain":"unknown",
+      "namespaces":[
+        {
+          "dev":"namespace0.0",
+          "mode":"raw",
+          "size":2147483648,
+          "sector_size":512,
+          "blockdev":"pmem0"
+        }
+      ]
+    }
+  ]
+}
+"#;
+
     const MOUNTINFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
 45 22 259:0 / /var/lib/kubelet/plugins/kubernetes.io/csi/pmem-csi.example.org/abc/globalmount rw,relatime shared:30 - ext4 /dev/pmem0 rw,dax=always
@@ -428,6 +495,14 @@ mod tests {
         assert_eq!(two[1].namespaces[1].mode, "devdax");
         assert_eq!(two[1].namespaces[1].blockdev, None);
         assert!(parse_ndctl_regions("").unwrap().is_empty());
+        let guest = parse_ndctl_regions(NDCTL_GUEST_RN).unwrap();
+        assert_eq!(guest.len(), 1);
+        assert_eq!(guest[0].max_available_extent, 0);
+        assert_eq!(guest[0].namespaces[0].mode, "raw");
+        assert!(guest[0].namespaces[0].enabled);
+        assert_eq!(guest[0].namespaces[0].name, None);
+        let disabled = parse_ndctl_namespaces(r#"[{"dev":"namespace0.1","mode":"raw","size":0,"uuid":"00000000-0000-0000-0000-000000000000","sector_size":512,"state":"disabled"}]"#).unwrap();
+        assert!(!disabled[0].enabled);
         assert!(parse_ndctl_regions("[{}]").is_err());
         let ns = parse_ndctl_namespaces(
             r#"{"dev":"namespace0.2","mode":"fsdax","map":"dev","size":132120576,"uuid":"u","sector_size":512,"align":2097152,"blockdev":"pmem0.2","name":"pmem-bb"}"#,

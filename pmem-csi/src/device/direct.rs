@@ -37,20 +37,27 @@ impl DirectManager {
     }
 
     fn regions_with(runner: &dyn Runner) -> Result<Vec<Region>> {
+        // -i: also idle (disabled) namespaces, which hold space too.
         Ok(
-            parse_ndctl_regions(&runner.run_ok(&Cmd::new("ndctl", ["list", "-R", "-N"]))?)?
+            parse_ndctl_regions(&runner.run_ok(&Cmd::new("ndctl", ["list", "-R", "-N", "-i"]))?)?
                 .into_iter()
                 .filter(|r| r.kind == "pmem")
                 .collect(),
         )
     }
 
+    /// Namespaces named by the driver, complete or not.
     fn namespaces(&self) -> Result<Vec<Namespace>> {
         Ok(Self::regions_with(&*self.runner)?
             .into_iter()
             .flat_map(|r| r.namespaces)
-            .filter(|ns| ns.mode == "fsdax" && ns.name.as_deref().is_some_and(is_device_name))
+            .filter(|ns| ns.name.as_deref().is_some_and(is_device_name))
             .collect())
+    }
+
+    /// A namespace that `ndctl create-namespace` finished: enabled fsdax with a block device.
+    fn complete(ns: &Namespace) -> bool {
+        ns.enabled && ns.mode == "fsdax" && ns.blockdev.is_some()
     }
 
     fn to_device(ns: Namespace) -> Result<Device> {
@@ -116,7 +123,11 @@ impl DeviceManager for DirectManager {
     fn create(&self, name: &str, _owner: &str, size: u64) -> Result<Device> {
         let _g = self.guard();
         if let Some(ns) = self.find(name)? {
-            return Self::to_device(ns);
+            if Self::complete(&ns) {
+                return Self::to_device(ns);
+            }
+            // Left half-made by a crash: start over.
+            self.destroy(&ns.dev)?;
         }
         let regions = Self::regions_with(&*self.runner)?;
         let pick = |need: u64| {
@@ -162,7 +173,7 @@ impl DeviceManager for DirectManager {
         let Some(ns) = self.find(name)? else {
             return Ok(());
         };
-        if erase {
+        if erase && Self::complete(&ns) {
             if let Some(b) = &ns.blockdev {
                 self.runner
                     .run_ok(&super::zero_cmd(&format!("/dev/{b}"), ns.size))?;
@@ -175,8 +186,29 @@ impl DeviceManager for DirectManager {
         let _g = self.guard();
         self.namespaces()?
             .into_iter()
+            .filter(Self::complete)
             .map(Self::to_device)
             .collect()
+    }
+
+    fn cleanup_partial(&self) -> Result<Vec<String>> {
+        let _g = self.guard();
+        let mut removed = Vec::new();
+        for ns in Self::regions_with(&*self.runner)?
+            .into_iter()
+            .flat_map(|r| r.namespaces)
+        {
+            let ours = ns.name.as_deref().is_some_and(is_device_name);
+            // An interrupted `ndctl create-namespace` leaves a disabled namespace that has a
+            // size but possibly no name yet. Seed namespaces have size 0.
+            let leftover =
+                (ours && !Self::complete(&ns)) || (ns.name.is_none() && !ns.enabled && ns.size > 0);
+            if leftover {
+                self.destroy(&ns.dev)?;
+                removed.push(format!("{} ({:?}, {} bytes)", ns.dev, ns.name, ns.size));
+            }
+        }
+        Ok(removed)
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -225,11 +257,11 @@ mod tests {
     fn create_compensates_for_page_map_and_deletes() {
         let r = Arc::new(ScriptedRunner::new());
         let name = device_name("pvc-7");
-        r.expect("ndctl list -R -N", Output::ok(&regions(2147483648, "")));
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(2147483648, "")));
         let m = DirectManager::new(r.clone()).unwrap();
         assert_eq!(m.round_size(1), 16 << 20);
-        r.expect("ndctl list -R -N", Output::ok(&regions(2147483648, "")))
-            .expect("ndctl list -R -N", Output::ok(&regions(2147483648, "")))
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(2147483648, "")))
+            .expect("ndctl list -R -N -i", Output::ok(&regions(2147483648, "")))
             .expect(
                 &format!("ndctl create-namespace --mode=fsdax --map=dev --region=region0 --size=268435456 --name={name}"),
                 // 256 MiB minus the 4 MiB page map.
@@ -247,7 +279,7 @@ mod tests {
         assert_eq!(d.path, PathBuf::from("/dev/pmem0.1"));
 
         r.expect(
-            "ndctl list -R -N",
+            "ndctl list -R -N -i",
             Output::ok(&regions(1862270976, &ns(&name, 280887296))),
         )
         .expect("ndctl disable-namespace namespace0.1", Output::ok(""))
@@ -262,18 +294,52 @@ mod tests {
     #[test]
     fn capacity_and_exhaustion() {
         let r = Arc::new(ScriptedRunner::new());
-        r.expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")));
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(100 << 20, "")));
         let m = DirectManager::new(r.clone()).unwrap();
-        r.expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")));
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(100 << 20, "")));
         let c = m.capacity().unwrap();
         assert_eq!(
             (c.total, c.available, c.max_volume),
             (2 << 30, 100 << 20, 96 << 20)
         );
-        r.expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")))
-            .expect("ndctl list -R -N", Output::ok(&regions(100 << 20, "")));
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(100 << 20, "")))
+            .expect("ndctl list -R -N -i", Output::ok(&regions(100 << 20, "")));
         let e = m.create(&device_name("big"), "big", 200 << 20).unwrap_err();
         assert!(matches!(e, Error::ResourceExhausted(_)), "{e:?}");
         assert!(matches!(m.expand("x", 1), Err(Error::Unimplemented(_))));
+    }
+
+    #[test]
+    fn cleanup_removes_interrupted_creations_only() {
+        let r = Arc::new(ScriptedRunner::new());
+        let ours = device_name("a");
+        let half = device_name("b");
+        let nss = [
+            ns(&ours, 264241152).replace("namespace0.1", "namespace0.0"),
+            format!(r#"{{"dev":"namespace0.2","mode":"raw","size":33554432,"uuid":"u2","sector_size":512,"state":"disabled","name":"{half}"}}"#),
+            r#"{"dev":"namespace0.3","mode":"raw","size":16777216,"uuid":"u3","sector_size":512,"state":"disabled"}"#.to_string(),
+            r#"{"dev":"namespace0.4","mode":"raw","size":0,"uuid":"00000000-0000-0000-0000-000000000000","sector_size":512,"state":"disabled"}"#.to_string(),
+            r#"{"dev":"namespace0.5","mode":"fsdax","map":"dev","size":16777216,"blockdev":"pmem0.5","name":"admin"}"#.to_string(),
+        ]
+        .join(",");
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(1 << 30, &nss)));
+        let m = DirectManager::new(r.clone()).unwrap();
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(1 << 30, &nss)))
+            .expect("ndctl disable-namespace namespace0.2", Output::ok(""))
+            .expect(
+                "ndctl destroy-namespace --force namespace0.2",
+                Output::ok(""),
+            )
+            .expect("ndctl disable-namespace namespace0.3", Output::ok(""))
+            .expect(
+                "ndctl destroy-namespace --force namespace0.3",
+                Output::ok(""),
+            );
+        assert_eq!(m.cleanup_partial().unwrap().len(), 2);
+        r.expect("ndctl list -R -N -i", Output::ok(&regions(1 << 30, &nss)));
+        let devs = m.list().unwrap();
+        assert_eq!(devs.len(), 1);
+        assert_eq!(devs[0].name, ours);
+        assert_eq!(r.remaining(), 0);
     }
 }

@@ -85,6 +85,13 @@ pub trait DeviceManager: Send + Sync + fmt::Debug {
     /// Grows device `name` to at least `size` bytes.
     fn expand(&self, name: &str, size: u64) -> Result<Device>;
 
+    /// Removes leftovers of allocations interrupted by a crash that are not devices yet (and
+    /// so are invisible to [`DeviceManager::list`]). Called once at start, before serving.
+    /// Returns a description of what was removed.
+    fn cleanup_partial(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Looks one device up.
     fn get(&self, name: &str) -> Result<Option<Device>> {
         Ok(self.list()?.into_iter().find(|d| d.name == name))
