@@ -359,7 +359,10 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
         w,
         "- One process, pinned to one CPU. Both peers replay the *same* deterministic sequence \
          of offsets (a fixed pseudo-random rotation over 1 MiB for `persist`, over 64 MiB of \
-         destinations for copies and fills); copies read the same page-aligned DRAM source."
+         destinations for copies and fills); copies read the same page-aligned DRAM source. \
+         Peer *i* of *P* runs the rotation *i/P* of the way ahead, and a batch covers at most \
+         1/(2*P*) of it, so no peer touches lines that another peer wrote in the previous \
+         batch (their cache state would be charged to it)."
     );
     let _ = writeln!(
         w,
@@ -374,11 +377,23 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
     let _ = writeln!(
         w,
         "- Trials alternate between peers (A B, B A, A B, ...), {} warm-up rounds are \
-         discarded, {} are kept. Values are medians over trials; ratios are medians of the \
+         discarded, then at least {} rounds and at least {} ms of rounds are kept per case \
+         ({} to {} rounds here, so that a burst of interference cannot cover a whole case). \
+         Values are medians over trials; ratios are medians of the \
          per-trial ratios of the two peers run back to back (interquartile range in \
          parentheses). A miss whose interquartile range still reaches the target is marked \
          *within noise*.",
-        runs[0].warmup, runs[0].trials
+        runs[0].warmup,
+        runs[0].trials,
+        runs[0].min_case_ms,
+        runs.iter()
+            .flat_map(|r| r.cases.iter().map(|c| c.trials))
+            .min()
+            .unwrap_or(0),
+        runs.iter()
+            .flat_map(|r| r.cases.iter().map(|c| c.trials))
+            .max()
+            .unwrap_or(0),
     );
     let retried: Vec<String> = runs
         .iter()
@@ -387,7 +402,7 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
             let total: usize = r
                 .cases
                 .iter()
-                .map(|c| c.peers.len() * (r.trials + r.warmup))
+                .map(|c| c.peers.len() * (c.trials.max(r.trials) + r.warmup))
                 .sum();
             format!("{n} of {total} for `{}`", r.flush)
         })
@@ -533,8 +548,7 @@ fn table(w: &mut String, run: &RunFile, op: Op, cases: &[&Case], ours: &str) {
             let b: Vec<f64> = c
                 .peers
                 .iter()
-                .filter(|p| !p.baseline_ns.is_empty())
-                .map(|p| p.baseline_median_ns())
+                .filter_map(|p| p.baseline_median_ns)
                 .collect();
             let _ = write!(row, " {} |", fmt_ns(median(&b)));
         }
@@ -616,7 +630,9 @@ mod tests {
             size: 4096,
             ops_per_trial: 1,
             slots: 1,
+            trials: 2,
             retried_trials: 0,
+            ratios: Vec::new(),
             peers: vec![
                 PeerResult::from_trials("pmem-alloc", vec![100.0, 100.0]),
                 PeerResult::from_trials("libpmem", vec![110.0, 110.0]),

@@ -114,32 +114,45 @@ pub struct PeerInfo {
 pub struct PeerResult {
     /// Peer name.
     pub peer: String,
-    /// Per-trial value (ns per operation), in trial order.
-    pub trials_ns: Vec<f64>,
-    /// Median over trials.
+    /// Number of trials.
+    #[serde(default)]
+    pub trials: usize,
+    /// Median over trials (ns per operation).
     pub median_ns: f64,
     /// First quartile over trials.
     pub p25_ns: f64,
     /// Third quartile over trials.
     pub p75_ns: f64,
-    /// `persist` only: per-trial time of the whole write + persist loop iteration.
+    /// `persist` only: median time of the whole write + persist loop iteration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_median_ns: Option<f64>,
+    /// `persist` only: median time of the write-only loop iteration (subtracted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_median_ns: Option<f64>,
+    /// Per-trial values, in trial order (only with `compare --raw`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials_ns: Vec<f64>,
+    /// `persist` only: per-trial loop times (only with `compare --raw`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loop_ns: Vec<f64>,
-    /// `persist` only: per-trial time of the write-only loop iteration (subtracted).
+    /// `persist` only: per-trial write-only times (only with `compare --raw`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baseline_ns: Vec<f64>,
 }
 
 impl PeerResult {
-    /// Summarises per-trial values.
+    /// Summarises per-trial values (kept in the result; see [`PeerResult::drop_raw`]).
     pub fn from_trials(peer: &str, trials_ns: Vec<f64>) -> PeerResult {
         // Hundredths of a nanosecond are far below the noise; rounding keeps the files small.
         let trials_ns: Vec<f64> = trials_ns.into_iter().map(round2).collect();
         PeerResult {
             peer: peer.to_string(),
+            trials: trials_ns.len(),
             median_ns: median(&trials_ns),
             p25_ns: quantile(&trials_ns, 0.25),
             p75_ns: quantile(&trials_ns, 0.75),
+            loop_median_ns: None,
+            baseline_median_ns: None,
             trials_ns,
             loop_ns: Vec::new(),
             baseline_ns: Vec::new(),
@@ -151,21 +164,44 @@ impl PeerResult {
         let mut r = Self::from_trials(peer, t.iter().map(|x| x.0).collect());
         r.loop_ns = t.iter().map(|x| round2(x.1)).collect();
         r.baseline_ns = t.iter().map(|x| round2(x.2)).collect();
+        r.loop_median_ns = Some(median(&r.loop_ns));
+        r.baseline_median_ns = Some(median(&r.baseline_ns));
         r
     }
 
-    /// Median of the write-only baseline (0 when there is none).
-    pub fn baseline_median_ns(&self) -> f64 {
-        if self.baseline_ns.is_empty() {
-            0.0
-        } else {
-            median(&self.baseline_ns)
-        }
+    /// Forgets the per-trial arrays (the summaries stay).
+    pub fn drop_raw(&mut self) {
+        self.trials_ns = Vec::new();
+        self.loop_ns = Vec::new();
+        self.baseline_ns = Vec::new();
     }
 }
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// Median and quartiles of the per-trial ratios `a[t] / b[t]` of two peers' times.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    /// Median of the paired ratios.
+    pub median: f64,
+    /// First quartile.
+    pub p25: f64,
+    /// Third quartile.
+    pub p75: f64,
+}
+
+/// A stored paired ratio: time of `a` over time of `b`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairedRatio {
+    /// Numerator peer.
+    pub a: String,
+    /// Denominator peer.
+    pub b: String,
+    /// The statistics.
+    #[serde(flatten)]
+    pub ratio: Ratio,
 }
 
 /// One operation at one size.
@@ -179,22 +215,18 @@ pub struct Case {
     pub ops_per_trial: usize,
     /// Distinct offsets the operations rotate over.
     pub slots: usize,
+    /// Trials per peer.
+    #[serde(default)]
+    pub trials: usize,
     /// Trials rerun because the thread was preempted during them (all peers together).
     #[serde(default)]
     pub retried_trials: u64,
     /// Every peer, in registry order.
     pub peers: Vec<PeerResult>,
-}
-
-/// Median and quartiles of the per-trial ratios `a[t] / b[t]` of two peers' times.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Ratio {
-    /// Median of the paired ratios.
-    pub median: f64,
-    /// First quartile.
-    pub p25: f64,
-    /// Third quartile.
-    pub p75: f64,
+    /// Paired time ratios of every ordered pair of peers (computed before the per-trial
+    /// arrays are dropped).
+    #[serde(default)]
+    pub ratios: Vec<PairedRatio>,
 }
 
 impl Case {
@@ -203,8 +235,12 @@ impl Case {
         self.peers.iter().find(|p| p.peer == name)
     }
 
-    /// Time ratio `a / b` over paired trials (trial `t` of both ran back to back).
+    /// Time ratio `a / b` over paired trials (trial `t` of both ran back to back): the stored
+    /// one, else computed from the per-trial arrays.
     pub fn time_ratio(&self, a: &str, b: &str) -> Option<Ratio> {
+        if let Some(r) = self.ratios.iter().find(|r| r.a == a && r.b == b) {
+            return Some(r.ratio);
+        }
         let (a, b) = (self.peer(a)?, self.peer(b)?);
         let r: Vec<f64> = a
             .trials_ns
@@ -221,6 +257,25 @@ impl Case {
             p25: quantile(&r, 0.25),
             p75: quantile(&r, 0.75),
         })
+    }
+
+    /// Computes and stores the paired ratios of every ordered pair of peers.
+    pub fn store_ratios(&mut self) {
+        let names: Vec<String> = self.peers.iter().map(|p| p.peer.clone()).collect();
+        self.ratios.clear();
+        for a in &names {
+            for b in &names {
+                if a != b {
+                    if let Some(ratio) = self.time_ratio(a, b) {
+                        self.ratios.push(PairedRatio {
+                            a: a.clone(),
+                            b: b.clone(),
+                            ratio,
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Bandwidth in GB/s (10^9 bytes per second) at a time per operation.
@@ -246,8 +301,11 @@ pub struct RunFile {
     pub timer: TimerInfo,
     /// Discarded rounds per case.
     pub warmup: usize,
-    /// Measured rounds per case.
+    /// Measured rounds per case (at least; see `min_case_ms`).
     pub trials: usize,
+    /// Each case was measured for at least this long (more rounds when they are short).
+    #[serde(default)]
+    pub min_case_ms: u64,
     /// Peers in registry order (the first is the one ratios are taken for).
     pub peers: Vec<PeerInfo>,
     /// The measurements.
@@ -284,8 +342,8 @@ impl RunFile {
                     p.p25_ns,
                     p.p75_ns,
                     c.gbps(p.median_ns),
-                    p.baseline_median_ns(),
-                    p.trials_ns.len(),
+                    p.baseline_median_ns.unwrap_or(0.0),
+                    p.trials,
                     c.ops_per_trial
                 )?;
             }
@@ -373,7 +431,9 @@ mod tests {
             size: 64,
             ops_per_trial: 1,
             slots: 1,
+            trials: 3,
             retried_trials: 0,
+            ratios: Vec::new(),
             peers: vec![
                 PeerResult::from_trials("a", vec![2.0, 4.0, 6.0]),
                 PeerResult::from_trials("b", vec![1.0, 4.0, 2.0]),
@@ -382,5 +442,10 @@ mod tests {
         let r = c.time_ratio("a", "b").unwrap();
         assert_eq!(r.median, 2.0);
         assert!(c.time_ratio("a", "c").is_none());
+        let mut c = c;
+        c.store_ratios();
+        c.peers.iter_mut().for_each(PeerResult::drop_raw);
+        assert_eq!(c.time_ratio("a", "b"), Some(r));
+        assert!(c.time_ratio("b", "a").is_some());
     }
 }

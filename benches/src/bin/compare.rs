@@ -20,7 +20,7 @@ use pmem_benches::results::{Case, Machine, PeerInfo, PeerResult, RunFile, TimerI
 use pmem_benches::timer::Timer;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a trial in which the thread was preempted is rerun.
 const MAX_RETRIES: u32 = 5;
@@ -44,6 +44,13 @@ struct Args {
     /// Measured rounds per case (each round runs one batch of every peer).
     #[arg(long, default_value_t = 201)]
     trials: usize,
+    /// Keep measuring a case for at least this many milliseconds (more rounds than
+    /// `--trials` when rounds are short), so a burst of interference cannot cover a case.
+    #[arg(long, default_value_t = 300)]
+    min_case_ms: u64,
+    /// Keep the per-trial values in the JSON file (large).
+    #[arg(long)]
+    raw: bool,
     /// Discarded rounds per case.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
@@ -143,18 +150,25 @@ fn main() {
     let started_utc = pmem_benches::results::utc_now();
     let mut cases = Vec::new();
     for w in &workloads {
+        // All peers work on the same lines, so a peer must not run into lines another peer
+        // has just written (their cache and write-combining state would be charged to it).
+        // Peer i starts its rotation i/P of the way round, and a batch covers at most 1/(2P)
+        // of the rotation: the lines of a batch were last touched by another peer at least
+        // one full round earlier.
+        let p = peers.len();
         let n = match w.op {
             Op::Persist => w.batch_len(1 << 20, 64, 2000),
             _ => w.batch_len(16 << 20, 8, 1000),
-        };
+        }
+        .min((w.slots() / (2 * p)).max(1));
         let per_op = |ticks: u64| timer.to_ns(ticks as f64) / n as f64;
-        let mut cursors = vec![0usize; peers.len()];
+        let mut cursors: Vec<usize> = (0..p).map(|i| i * w.slots() / p).collect();
         let mut retried = 0u64;
         let results: Vec<PeerResult> = if w.op == Op::Persist {
             // Each trial: the write-only loop, then the write + persist loop over the same
             // slots; the persist's cost is the difference.
             let dirty = w.dirty_only();
-            let values = interleave(peers.len(), args.warmup, args.trials, |i| {
+            let values = run_rounds(p, &args, |i| {
                 let c = cursors[i];
                 let ((base, full), r) = undisturbed(MAX_RETRIES, || {
                     let base = per_op(peers[i].run_batch(&dirty, c, n, &timer));
@@ -171,7 +185,7 @@ fn main() {
                 .map(|(p, v)| PeerResult::from_persist_trials(p.name(), &v))
                 .collect()
         } else {
-            let values = interleave(peers.len(), args.warmup, args.trials, |i| {
+            let values = run_rounds(p, &args, |i| {
                 let c = cursors[i];
                 let (t, r) =
                     undisturbed(MAX_RETRIES, || per_op(peers[i].run_batch(w, c, n, &timer)));
@@ -185,15 +199,21 @@ fn main() {
                 .map(|(p, v)| PeerResult::from_trials(p.name(), v))
                 .collect()
         };
-        let case = Case {
+        let mut case = Case {
             op: w.op,
             size: w.size,
             ops_per_trial: n,
             slots: w.slots(),
+            trials: results.first().map(|r| r.trials).unwrap_or(0),
             retried_trials: retried,
             peers: results,
+            ratios: Vec::new(),
         };
+        case.store_ratios();
         print_case(&case);
+        if !args.raw {
+            case.peers.iter_mut().for_each(PeerResult::drop_raw);
+        }
         cases.push(case);
     }
 
@@ -209,6 +229,7 @@ fn main() {
         },
         warmup: args.warmup,
         trials: args.trials,
+        min_case_ms: args.min_case_ms,
         peers: peers
             .iter()
             .map(|p| PeerInfo {
@@ -231,6 +252,20 @@ fn main() {
     );
 }
 
+/// Upper bound on the rounds of one case.
+const MAX_TRIALS: usize = 20_000;
+
+/// Warm-up rounds, then as many measured rounds as `--trials` and `--min-case-ms` ask for
+/// (estimated from the duration of the warm-up rounds).
+fn run_rounds<T>(p: usize, args: &Args, mut trial: impl FnMut(usize) -> T) -> Vec<Vec<T>> {
+    let warmup = args.warmup.max(1);
+    let t0 = Instant::now();
+    let _ = interleave(p, warmup, 0, &mut trial);
+    let per_round = t0.elapsed().as_secs_f64() / warmup as f64;
+    let want = (args.min_case_ms as f64 / 1000.0 / per_round.max(1e-9)).ceil() as usize;
+    interleave(p, 0, args.trials.max(want).min(MAX_TRIALS), &mut trial)
+}
+
 fn parse_ops(names: &[String]) -> Vec<Op> {
     names
         .iter()
@@ -244,7 +279,7 @@ fn parse_ops(names: &[String]) -> Vec<Op> {
 }
 
 fn print_case(c: &Case) {
-    let mut line = format!("{:<15} {:>8} B", c.op.as_str(), c.size);
+    let mut line = format!("{:<15} {:>8} B {:>5}x", c.op.as_str(), c.size, c.trials);
     for p in &c.peers {
         if c.op.is_bandwidth() {
             line += &format!(
@@ -258,8 +293,8 @@ fn print_case(c: &Case) {
                 "  {} {:>9.1} ns (loop {:.1} - writes {:.1})",
                 p.peer,
                 p.median_ns,
-                pmem_benches::measure::median(&p.loop_ns),
-                p.baseline_median_ns()
+                p.loop_median_ns.unwrap_or(f64::NAN),
+                p.baseline_median_ns.unwrap_or(f64::NAN)
             );
         }
     }
