@@ -542,4 +542,117 @@ mod tests {
         drop(a);
         l.try_lock("a").unwrap();
     }
+
+    #[test]
+    fn reconcile_finishes_interrupted_operations_and_adopts_orphans() {
+        use crate::device::fake::FakeManager;
+        use crate::mount::FakeMounter;
+        use crate::state::{Publication, Staging};
+        let dir = tempfile::tempdir().unwrap();
+        let devdir = dir.path().join("dev");
+        let new_driver = || {
+            Driver::new(
+                Config {
+                    driver_name: "d".into(),
+                    node_id: "n".into(),
+                    default_size: 4 << 20,
+                    default_fstype: "ext4".into(),
+                },
+                Box::new(FakeManager::new(&devdir, 64 << 20).unwrap()),
+                Box::new(FakeMounter::new(&dir.path().join("mounts.json"))),
+                StateStore::open(dir.path()).unwrap(),
+            )
+        };
+        let rec = |id: &str, status| VolumeRecord {
+            id: id.into(),
+            device: device_name(id),
+            size: 0,
+            status,
+            fstype: String::new(),
+            usage: Usage::AppDirect,
+            erase_after: false,
+            ephemeral: false,
+            staged: None,
+            published: BTreeMap::new(),
+        };
+        let d = new_driver();
+        // Crashed after creating the device but before marking the record ready.
+        d.put(rec("created", VolumeStatus::Creating)).unwrap();
+        d.devices
+            .create(&device_name("created"), "created", 4 << 20)
+            .unwrap();
+        // Crashed before creating the device.
+        d.put(rec("never", VolumeStatus::Creating)).unwrap();
+        // Crashed in the middle of a deletion.
+        d.put(rec("deleting", VolumeStatus::Deleting)).unwrap();
+        d.devices
+            .create(&device_name("deleting"), "deleting", 8 << 20)
+            .unwrap();
+        // A device whose record was lost.
+        d.devices
+            .create(&device_name("orphan"), "orphan", 4 << 20)
+            .unwrap();
+        // A ready volume: one publication still mounted, one staging gone.
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        d.devices
+            .create(&device_name("ready"), "ready", 4 << 20)
+            .unwrap();
+        let mut r = rec("ready", VolumeStatus::Ready);
+        r.size = 4 << 20;
+        r.staged = Some(Staging {
+            path: dir.path().join("gone"),
+            block: false,
+            fstype: "ext4".into(),
+        });
+        r.published.insert(
+            target.clone(),
+            Publication {
+                readonly: false,
+                block: false,
+            },
+        );
+        r.published.insert(
+            dir.path().join("gone2"),
+            Publication {
+                readonly: false,
+                block: false,
+            },
+        );
+        d.put(r).unwrap();
+        d.mounter
+            .bind(&dir.path().join("x"), &target, false)
+            .unwrap();
+        // A ready volume whose device disappeared.
+        d.put(rec("lost", VolumeStatus::Ready)).unwrap();
+        drop(d);
+
+        let d = new_driver();
+        let report = d.reconcile().unwrap();
+        assert_eq!(report.completed_creates, 1, "{report:?}");
+        assert_eq!(report.dropped_creates, 1);
+        assert_eq!(report.completed_deletes, 1);
+        assert_eq!(report.adopted, 1);
+        assert_eq!(report.missing_devices, vec!["lost".to_string()]);
+        assert_eq!(report.stale_mounts, 2);
+        let ids: Vec<String> = d.records().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["created", "lost", "orphan", "ready"]);
+        assert_eq!(d.record("created").unwrap().status, VolumeStatus::Ready);
+        assert_eq!(d.record("created").unwrap().size, 4 << 20);
+        let ready = d.record("ready").unwrap();
+        assert!(ready.staged.is_none());
+        assert_eq!(ready.published.keys().collect::<Vec<_>>(), [&target]);
+        assert!(d.devices.get(&device_name("deleting")).unwrap().is_none());
+        // Nothing leaked: the devices are exactly the volumes with devices.
+        assert_eq!(d.devices.list().unwrap().len(), 3);
+        // A second start finds a consistent state.
+        drop(d);
+        let d = new_driver();
+        let again = d.reconcile().unwrap();
+        assert_eq!(
+            (again.completed_creates, again.adopted, again.stale_mounts),
+            (0, 0, 0)
+        );
+        assert_eq!(again.volumes, 4);
+    }
 }

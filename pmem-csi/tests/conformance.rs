@@ -1171,6 +1171,9 @@ async fn lifecycle(t: &Ctx, fs: &str, size: i64, params_: HashMap<String, String
         ro_opts.split(',').any(|o| o == "ro"),
         "read-only target has options {ro_opts}"
     );
+    if t.real_devices() {
+        map_sync_check(&target, dax_expected)?;
+    }
     if t.setup.real_mounts {
         // Data written through the target is visible in the staging mount.
         std::fs::write(target.join("hello"), b"pmem").map_err(|e| format!("write: {e}"))?;
@@ -1324,6 +1327,32 @@ async fn lifecycle(t: &Ctx, fs: &str, size: i64, params_: HashMap<String, String
         "deleted volume listed"
     );
     Ok(())
+}
+
+/// Maps a file on the published volume the way a PMEM application does: `MAP_SYNC` must work
+/// exactly when the volume is mounted with DAX.
+fn map_sync_check(dir: &Path, dax: bool) -> R {
+    use pmem_alloc::map::{MapKind, MapOptions, Mapping};
+    let path = dir.join("pmem-pool");
+    let opts = MapOptions::new().require_dax(true);
+    match Mapping::create(&path, 4 << 20, &opts) {
+        Ok(m) => {
+            ensure!(dax, "MAP_SYNC succeeded on a volume mounted without dax");
+            ensure!(m.kind() == MapKind::SyncDax, "mapping kind {:?}", m.kind());
+            m.write_at(4096, b"persistent").map_err(|e| e.to_string())?;
+            m.persist_range(4096, 10).map_err(|e| e.to_string())?;
+            drop(m);
+            let m = Mapping::open(&path, &opts).map_err(|e| format!("reopen: {e}"))?;
+            let mut buf = [0u8; 10];
+            m.read_at(4096, &mut buf).map_err(|e| e.to_string())?;
+            ensure!(&buf == b"persistent", "read back {buf:?}");
+        }
+        Err(e) => ensure!(!dax, "MAP_SYNC failed on a dax volume: {e}"),
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("remove pool file: {e}")),
+        _ => Ok(()),
+    }
 }
 
 async fn lifecycle_ext4_dax(t: &Ctx) -> R {
