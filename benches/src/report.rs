@@ -158,15 +158,15 @@ pub fn plots(runs: &[RunFile]) -> Vec<Plot> {
             Op::MemcpyPersist,
             "memcpy-bandwidth.svg",
             "memcpy_persist bandwidth",
-            "GB/s",
-            false,
+            "GB/s (log scale)",
+            true,
         ),
         (
             Op::MemsetPersist,
             "memset-bandwidth.svg",
             "memset_persist bandwidth",
-            "GB/s",
-            false,
+            "GB/s (log scale)",
+            true,
         ),
     ];
     for (op, file, title, ylabel, log_y) in specs {
@@ -358,8 +358,8 @@ pub fn render(runs: &[RunFile], plots: &[Plot], o: &ReportOptions) -> String {
     let _ = writeln!(
         w,
         "- One process, pinned to one CPU. Both peers replay the *same* deterministic sequence \
-         of offsets (a fixed pseudo-random rotation over 1 MiB for `persist`, over 64 MiB of \
-         destinations for copies and fills); copies read the same page-aligned DRAM source. \
+         of offsets (a fixed pseudo-random rotation over up to 1 MiB and at most 4096 ranges for \
+         `persist`, over up to 64 MiB and at most 1024 destinations for copies and fills); copies read the same page-aligned DRAM source. \
          Peer *i* of *P* runs the rotation *i/P* of the way ahead, and a batch covers at most \
          1/(2*P*) of it, so no peer touches lines that another peer wrote in the previous \
          batch (their cache state would be charged to it)."
