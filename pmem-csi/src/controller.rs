@@ -529,3 +529,80 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("ControllerModifyVolume")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::fake::FakeManager;
+    use crate::driver::Config;
+    use crate::mount::FakeMounter;
+    use crate::state::StateStore;
+    use csi::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+
+    fn driver(dir: &std::path::Path) -> Driver {
+        Driver::new(
+            Config {
+                driver_name: "d".into(),
+                node_id: "n".into(),
+                default_size: 4 << 20,
+                default_fstype: "ext4".into(),
+            },
+            Box::new(FakeManager::new(&dir.join("dev"), 64 << 20).unwrap()),
+            Box::new(FakeMounter::new(&dir.join("mounts.json"))),
+            StateStore::open(dir).unwrap(),
+        )
+    }
+
+    fn req(name: &str, size: i64) -> csi::CreateVolumeRequest {
+        csi::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: size,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![csi::VolumeCapability {
+                access_mode: Some(AccessMode {
+                    mode: Mode::SingleNodeWriter as i32,
+                }),
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn busy_volume_is_aborted_other_volumes_proceed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path());
+        let guard = d.locks.try_lock("v1").unwrap();
+        let e = d.create_volume(req("v1", 4 << 20)).unwrap_err();
+        assert!(matches!(e, Error::Aborted(_)), "{e:?}");
+        let e = d
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: "v1".into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Aborted(_)), "{e:?}");
+        d.create_volume(req("v2", 4 << 20)).unwrap();
+        drop(guard);
+        d.create_volume(req("v1", 4 << 20)).unwrap();
+        assert_eq!(d.records().len(), 2);
+    }
+
+    #[test]
+    fn default_size_and_rounding() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path());
+        let v = d.create_volume(req("a", 0)).unwrap().volume.unwrap();
+        assert_eq!(v.capacity_bytes, 4 << 20);
+        let v = d.create_volume(req("b", 5 << 20)).unwrap().volume.unwrap();
+        assert_eq!(v.capacity_bytes, 8 << 20);
+        // A smaller request for an existing, bigger volume is compatible.
+        let v = d.create_volume(req("b", 1 << 20)).unwrap().volume.unwrap();
+        assert_eq!(v.capacity_bytes, 8 << 20);
+        let e = d.create_volume(req("c", 60 << 20)).unwrap_err();
+        assert!(matches!(e, Error::ResourceExhausted(_)), "{e:?}");
+        assert!(d.record("c").is_none(), "failed creation left a record");
+    }
+}
