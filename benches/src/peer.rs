@@ -1,9 +1,10 @@
 //! Peers: the implementations a benchmark compares, behind one small trait per kind of work.
 //!
-//! A *persist peer* ([`PersistPeer`]) owns a mapped region and can make ranges of it durable:
-//! `persist`, `memcpy_persist`, `memset_persist`. This crate has two: [`OursPeer`]
-//! (pmem-alloc's [`Hardware`] policy on a [`Mapping`]) and, with the `libpmem` feature,
-//! [`LibpmemPeer`] (PMDK's libpmem on a `pmem_map_file` mapping). [`persist_peers`] is the
+//! A *persist peer* ([`PersistPeer`]) maps a scratch file with its own mapping call and can make
+//! ranges of it durable: `persist`, `memcpy_persist`, `memset_persist`. This crate has two:
+//! [`OursPeer`] (pmem-alloc's [`Hardware`] policy on a [`Mapping`]) and, with the `libpmem`
+//! feature, `LibpmemPeer` (PMDK's libpmem on a `pmem_map_file` mapping). All peers of a run map
+//! the same file ([`PeerConfig::path`]). [`persist_peers`] is the
 //! registry the `compare` binary walks; adding a peer is one impl plus one [`PeerSpec`] line.
 //!
 //! # Adding other kinds of peers

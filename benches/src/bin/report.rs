@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 #[derive(Parser, Debug)]
 #[command(about = "Write BENCHMARKS.md and plots from compare results")]
 struct Args {
-    /// Directory holding compare-<flush>.json files.
+    /// Directory holding the `compare-FLUSH.json` files.
     #[arg(long, default_value = "docs/benchmarks/data")]
     data: PathBuf,
     /// The Markdown file to write.
