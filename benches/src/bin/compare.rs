@@ -70,6 +70,10 @@ struct Args {
     /// Pin the process to this CPU (default: the last one; -1: do not pin).
     #[arg(long, allow_hyphen_values = true)]
     cpu: Option<i64>,
+    /// Only these peers (registry names, e.g. `pmem-alloc,libpmem`); default: all compiled in.
+    /// Ratios are taken for the first one.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Do not re-execute with the peers' environment; fail if it is wrong.
     #[arg(long)]
     no_reexec: bool,
@@ -88,7 +92,23 @@ fn main() {
     if !CpuFeatures::get().supports(flush) {
         fail(&format!("this CPU has no {flush}"));
     }
-    let specs = persist_peers();
+    let mut specs = persist_peers();
+    if !args.peers.is_empty() {
+        for want in &args.peers {
+            if !specs.iter().any(|s| s.name == want) {
+                let have: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                fail(&format!(
+                    "no peer {want:?} (compiled in: {})",
+                    have.join(", ")
+                ));
+            }
+        }
+        specs = args
+            .peers
+            .iter()
+            .filter_map(|w| specs.iter().find(|s| s.name == w).copied())
+            .collect();
+    }
     ensure_env(&specs, flush, args.no_reexec);
     pin(args.cpu);
 
