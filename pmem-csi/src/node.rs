@@ -395,9 +395,17 @@ impl Driver {
         validate::target_path("target path", &req.target_path)?;
         let target = PathBuf::from(&req.target_path);
         let _lock = self.locks.try_lock(&req.volume_id)?;
-        let mut rec = self
-            .record(&req.volume_id)
-            .ok_or_else(|| Error::NotFound(format!("volume {} not found", req.volume_id)))?;
+        let Some(mut rec) = self.record(&req.volume_id) else {
+            // A retry after an ephemeral volume was deleted by an earlier call: the target is
+            // gone, so report success (kubelet would otherwise retry forever).
+            if !target.exists() && !self.mounter.is_mounted(&target)? {
+                return Ok(csi::NodeUnpublishVolumeResponse {});
+            }
+            return Err(Error::NotFound(format!(
+                "volume {} not found",
+                req.volume_id
+            )));
+        };
         if rec.published.contains_key(&target) || self.mounter.is_mounted(&target)? {
             self.mounter.unmount(&target)?;
             remove_target(&target);

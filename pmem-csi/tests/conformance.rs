@@ -1027,10 +1027,17 @@ async fn node_required_arguments(t: &Ctx) -> R {
         Code::InvalidArgument,
         "unpublish without target",
     )?;
+    std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
     code(
         t.unpublish("sanity-unknown", &target).await,
         Code::NotFound,
         "unpublish unknown",
+    )?;
+    std::fs::remove_dir(&target).map_err(|e| e.to_string())?;
+    // ... but a retry for a target that is already gone succeeds (idempotency).
+    ok(
+        t.unpublish("sanity-unknown", &target).await,
+        "unpublish unknown, target gone",
     )?;
     code(
         node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
@@ -1538,10 +1545,14 @@ async fn ephemeral_volume(t: &Ctx) -> R {
     ensure!(!stats.usage.is_empty(), "no usage");
     ok(t.unpublish(&id, &target).await, "unpublish")?;
     ensure!(t.mount_of(&target).is_none(), "still mounted");
-    code(
+    ok(
         t.unpublish(&id, &target).await,
+        "unpublish again after deletion",
+    )?;
+    code(
+        t.stage(&id, &t.path("stage"), mount_cap("ext4")).await,
         Code::NotFound,
-        "unpublish after deletion",
+        "ephemeral volume gone",
     )?;
     ensure!(t.available().await? == before, "capacity not restored");
     Ok(())
