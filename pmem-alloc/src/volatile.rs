@@ -46,6 +46,8 @@ pub enum Backing {
     /// Private anonymous memory (DRAM).
     Anonymous,
     /// An existing device-DAX character device (`/dev/daxN.M`), used whole; it cannot grow.
+    /// Its old contents stay (nothing can punch a hole in a device), so zeroed allocations are
+    /// always written with zeros.
     Device(PathBuf),
 }
 
@@ -144,6 +146,8 @@ pub struct VolatileHeap {
     _pmap: AnonRegion,
     region: Mutex<Region>,
     fd: i32,
+    /// Device DAX: free memory is never known to be zero (see [`Backing::Device`]).
+    device: bool,
 }
 
 // SAFETY: the engine is Sync; the region is owned and guarded by a Mutex for growth.
@@ -196,6 +200,7 @@ impl VolatileHeap {
         if max > (1u64 << 46) {
             return Err(HeapError::Size(max, "too large"));
         }
+        let device = matches!(b.backing, Backing::Device(_));
         let (region, base, reserved, fd) = match &b.backing {
             Backing::Anonymous => {
                 let r = AnonRegion::new(max as usize).map_err(HeapError::Meta)?;
@@ -244,14 +249,15 @@ impl VolatileHeap {
                     max_pages,
                     NoPersist,
                     CoreOptions {
-                        punch_bytes: b.punch_bytes,
+                        // MADV_DONTNEED on a shared device mapping neither frees nor zeroes
+                        punch_bytes: if device { 0 } else { b.punch_bytes },
                         fd,
                     },
                 )
             }
             .map_err(HeapError::Meta)?,
         );
-        let size = if matches!(b.backing, Backing::Device(_)) { reserved as u64 } else { size };
+        let size = if device { reserved as u64 } else { size };
         let npages = size as usize / PAGE;
         // SAFETY: the page map covers `max_pages` words of private anonymous memory.
         unsafe {
@@ -275,6 +281,7 @@ impl VolatileHeap {
             _pmap: pmap,
             region: Mutex::new(region),
             fd,
+            device,
         };
         crate::heap::register_fork_region(heap.base, heap.reserved, heap.fd);
         heap.core.register();
@@ -354,8 +361,18 @@ impl VolatileHeap {
         self.alloc_slow(layout, false)
     }
 
-    /// Zero-filled allocation (fresh or hole-punched memory is not written again).
+    /// Zero-filled allocation (fresh or hole-punched memory of a file or anonymous heap is not
+    /// written again; on a device everything is).
     pub fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if self.device {
+            // the engine takes fresh extents for zero: a device holds whatever it held before
+            let p = self.alloc(layout);
+            if !p.is_null() {
+                // SAFETY: a fresh block of at least `layout.size()` bytes.
+                unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+            }
+            return p;
+        }
         let p = self.core.alloc_zeroed(layout.size(), layout.align());
         if !p.is_null() {
             return p;
