@@ -21,8 +21,10 @@ use pmem_alloc::flush::FlushMethod;
 use pmem_alloc::map::{MapError, MapKind, MapOptions, Mapping};
 use pmem_alloc::pool::{Pool, PoolOptions};
 use pmem_alloc::pptr::{PPtr, PSafe};
+use pmem_alloc::volatile::VolatileHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::alloc::Layout;
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::io::Write;
@@ -952,4 +954,535 @@ fn pool_power_failure_recovers() {
         }
         other => panic!("DAXVM_PHASE={other}: expected write or check"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (g) The volatile heap (PMEM as a DRAM replacement) on DAX: an ext4 `-o dax` file and a
+// device-DAX device.
+
+type HeapVec<'h, T> = allocator_api2::vec::Vec<T, &'h VolatileHeap>;
+type HeapMap<'h> =
+    hashbrown::HashMap<u64, HeapVec<'h, u8>, hashbrown::DefaultHashBuilder, &'h VolatileHeap>;
+
+/// Threads of the volatile-heap workloads (one vCPU in the guest: they interleave by preemption).
+const VH_THREADS: u64 = 3;
+
+/// The mapping (first line of its /proc/self/smaps entry) and the `VmFlags` of the VMA that
+/// contains `addr`.
+fn vma_of(addr: *const u8) -> (String, Vec<String>) {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let a = addr as usize;
+    let mut found: Option<String> = None;
+    for line in smaps.lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            if found.is_some() {
+                break;
+            }
+            let (lo, hi) = first.split_once('-').unwrap();
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap(),
+                usize::from_str_radix(hi, 16).unwrap(),
+            );
+            if (lo..hi).contains(&a) {
+                found = Some(line.to_string());
+            }
+        } else if let (Some(vma), Some(flags)) = (&found, line.strip_prefix("VmFlags:")) {
+            return (
+                vma.clone(),
+                flags.split_whitespace().map(String::from).collect(),
+            );
+        }
+    }
+    panic!("no VMA with VmFlags contains {addr:p} in /proc/self/smaps");
+}
+
+/// The heap memory at `p` is a shared mapping of `backing` (a path prefix: the heap file on the
+/// DAX mount, or the `/dev/daxN.M` device), checked in /proc/self/smaps; returns its flags.
+fn require_heap_vma(p: *const u8, backing: &Path) -> Vec<String> {
+    let (vma, flags) = vma_of(p);
+    let file = vma.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+    assert!(
+        file.starts_with(backing.to_str().unwrap()),
+        "heap block {p:p} is not mapped from {}: {vma}",
+        backing.display()
+    );
+    assert!(
+        flags.iter().any(|f| f == "sh"),
+        "heap mapping not shared: {vma} VmFlags {flags:?}"
+    );
+    println!("heap block {p:p} in {vma} VmFlags {}", flags.join(" "));
+    flags
+}
+
+fn vh_byte(t: u64, i: usize) -> u8 {
+    (t as usize * 37 + i * 11 + (i >> 12)) as u8
+}
+
+/// A block of `size` bytes holds `vh_byte(t, _)` at the positions `vh_fill` sets.
+fn vh_check(p: *const u8, size: usize, t: u64) -> bool {
+    // SAFETY: callers pass live blocks of at least `size` bytes.
+    let s = unsafe { std::slice::from_raw_parts(p, size) };
+    (0..size)
+        .step_by(509)
+        .chain([size - 1])
+        .all(|i| s[i] == vh_byte(t, i))
+}
+
+/// Writes every byte of the block (memset: TCG is slow), then the pattern `vh_check` samples.
+fn vh_fill(p: *mut u8, size: usize, t: u64) {
+    // SAFETY: callers pass live blocks of at least `size` bytes.
+    let s = unsafe { std::slice::from_raw_parts_mut(p, size) };
+    s.fill(t as u8 ^ 0x3c);
+    for i in (0..size).step_by(509).chain([size - 1]) {
+        s[i] = vh_byte(t, i);
+    }
+}
+
+fn all_zero(p: *const u8, size: usize) -> bool {
+    // SAFETY: callers pass live blocks of at least `size` bytes.
+    unsafe { std::slice::from_raw_parts(p, size) }
+        .iter()
+        .all(|&b| b == 0)
+}
+
+/// Zeroed allocations of every kind (small, below and above the hole-punch threshold) are zero,
+/// also when they reuse memory that was just written and freed.
+fn vh_zeroed(heap: &VolatileHeap, t: u64) {
+    for size in [24usize, 1000, 70_000, (1 << 20) + 123, 3 << 20] {
+        let l = Layout::from_size_align(size, 64).unwrap();
+        for round in 0..2 {
+            let p = heap.alloc_zeroed(l);
+            assert!(!p.is_null(), "alloc_zeroed({size})");
+            assert!(heap.owns(p));
+            assert!(
+                all_zero(p, size),
+                "thread {t}: alloc_zeroed({size}) round {round} is not zero"
+            );
+            vh_fill(p, size, t);
+            // SAFETY: allocated above with `l`.
+            unsafe { heap.dealloc(p, l) };
+        }
+        // dirty memory of the same size, freed, then zeroed again
+        let p = heap.alloc(l);
+        assert!(!p.is_null());
+        // SAFETY: fresh block of `size` bytes.
+        unsafe { std::ptr::write_bytes(p, 0xFF, size) };
+        // SAFETY: allocated above with `l`.
+        unsafe { heap.dealloc(p, l) };
+        let p = heap.alloc_zeroed(l);
+        assert!(!p.is_null(), "alloc_zeroed({size})");
+        assert!(
+            all_zero(p, size),
+            "thread {t}: alloc_zeroed({size}) after a dirty free is not zero"
+        );
+        // SAFETY: allocated above with `l`.
+        unsafe { heap.dealloc(p, l) };
+    }
+}
+
+/// One thread of the volatile-heap workload: a Vec, a hash map of byte strings (with removals),
+/// large blocks of `large` bytes (some grown with realloc), zeroed allocations; everything is
+/// verified and freed, except the large blocks returned as (address, size) for the caller to
+/// free from another thread.
+fn vh_worker(heap: &VolatileHeap, t: u64, entries: u64, large: &[usize]) -> Vec<(usize, usize)> {
+    let mut rng = StdRng::seed_from_u64(t ^ 0x5eed);
+    let mut nums: HeapVec<u64> = HeapVec::new_in(heap);
+    let mut map: HeapMap =
+        hashbrown::HashMap::with_hasher_in(hashbrown::DefaultHashBuilder::default(), heap);
+    let key = |i: u64| format!("thread {t} entry {i} {}", "*".repeat((i % 61) as usize));
+    for i in 0..entries {
+        nums.push(i ^ t << 32);
+        let mut s = HeapVec::new_in(heap);
+        s.extend_from_slice(key(i).as_bytes());
+        map.insert(i, s);
+        if i % 4 == 3 {
+            map.remove(&(i / 2));
+        }
+    }
+    vh_zeroed(heap, t);
+    // large blocks: MiBs each, a few alive at a time, one grown by realloc
+    let mut kept = Vec::new();
+    let mut live: Vec<(*mut u8, usize)> = Vec::new();
+    for (k, &size) in large.iter().enumerate() {
+        let size = size + rng.gen_range(0..4096);
+        let l = Layout::from_size_align(size, 4096).unwrap();
+        let p = heap.alloc(l);
+        assert!(
+            !p.is_null(),
+            "thread {t}: alloc({size}) failed: {}",
+            heap.stats()
+        );
+        assert!(heap.owns(p));
+        vh_fill(p, size, t + k as u64);
+        live.push((p, size));
+        if live.len() > 2 {
+            let (p, size) = live.remove(0);
+            let k0 = k - 2;
+            assert!(
+                vh_check(p, size, t + k0 as u64),
+                "thread {t}: large block {k0}"
+            );
+            let l = Layout::from_size_align(size, 4096).unwrap();
+            if k0 % 3 == 0 {
+                // SAFETY: live block allocated with `l`.
+                let q = unsafe { heap.realloc(p, l, size * 2) };
+                assert!(!q.is_null(), "thread {t}: realloc to {}", size * 2);
+                assert!(
+                    vh_check(q, size, t + k0 as u64),
+                    "thread {t}: realloc lost data"
+                );
+                kept.push((q as usize, size * 2));
+            } else {
+                // SAFETY: live block allocated with `l`.
+                unsafe { heap.dealloc(p, l) };
+            }
+        }
+    }
+    for (k, (p, size)) in live.into_iter().enumerate() {
+        assert!(vh_check(p, size, t + (large.len() - 2 + k) as u64));
+        // SAFETY: live block allocated with this layout.
+        unsafe { heap.dealloc(p, Layout::from_size_align(size, 4096).unwrap()) };
+    }
+    // the collections survived all of that
+    assert!(heap.owns(nums.as_ptr().cast()));
+    assert!(nums
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == i as u64 ^ t << 32));
+    for i in 0..entries {
+        // entry k was removed at step 2k+1 (steps j with j % 4 == 3 remove j / 2): odd k
+        let removed = i % 2 == 1 && 2 * i + 1 < entries;
+        match map.get(&i) {
+            Some(s) => {
+                assert!(!removed, "thread {t}: entry {i} should be gone");
+                assert!(heap.owns(s.as_ptr()));
+                assert_eq!(s[..], *key(i).as_bytes(), "thread {t}: entry {i}");
+            }
+            None => assert!(removed, "thread {t}: entry {i} lost"),
+        }
+    }
+    kept
+}
+
+/// Runs `VH_THREADS` workers, frees their surviving large blocks from this thread, checks the
+/// heap; returns the largest `mapped` seen.
+fn vh_workload(heap: &VolatileHeap, entries: u64, large: &[usize]) -> u64 {
+    let t0 = Instant::now();
+    let kept: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..VH_THREADS)
+            .map(|t| s.spawn(move || vh_worker(heap, t + 1, entries, large)))
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let st = heap.stats();
+    println!(
+        "{VH_THREADS} threads done in {:.1} s: {st}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(!kept.is_empty());
+    for (p, size) in kept {
+        // SAFETY: large blocks handed over by the (finished) workers, each freed once.
+        unsafe { heap.dealloc(p as *mut u8, Layout::from_size_align(size, 4096).unwrap()) };
+    }
+    let rep = heap.core().check().unwrap_or_else(|e| panic!("check: {e}"));
+    println!("check OK: {rep:?}");
+    st.mapped
+}
+
+/// `in_use` is back near zero (only what the caller still holds, `allowance` bytes).
+fn vh_require_empty(heap: &VolatileHeap, allowance: u64) {
+    let st = heap.stats();
+    assert!(
+        st.in_use <= allowance,
+        "in use after freeing everything: {st}"
+    );
+    println!("after freeing everything: {st}");
+}
+
+/// (g) A volatile heap on the `-o dax` ext4. Part 1: in an unlinked file of a directory on the
+/// mount (the usual way), 4 MiB initially; the mapping is a shared `MAP_SYNC` mapping (`sf`: the
+/// volatile heap tries `MAP_SYNC` first, and the DAX mount accepts it) of the deleted heap file
+/// on the mount; three threads with Vec, hash map and byte strings through the Allocator API,
+/// large blocks of MiBs (the heap grows), zeroed allocations (also reusing dirty memory),
+/// realloc, cross-thread frees; `check` passes and `in_use` goes back to zero. Part 2: a heap in
+/// a named file, whose allocated blocks (`st_blocks`) go down when large blocks are freed (hole
+/// punching), and whose punched pages come back zeroed.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn volatile_heap_on_dax_file() {
+    let mnt = dax_mnt();
+    let initial = 4u64 << 20;
+    let heap = VolatileHeap::builder()
+        .dir(&mnt)
+        .size(initial)
+        .max_size(192 << 20)
+        .build()
+        .unwrap();
+    assert_eq!(heap.stats().mapped, initial);
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let first = heap.alloc(l);
+    assert!(!first.is_null() && heap.owns(first));
+    let flags = require_heap_vma(first, &mnt.join(".pmem-heap-"));
+    let (vma, _) = vma_of(first);
+    assert!(vma.ends_with("(deleted)"), "heap file not unlinked: {vma}");
+    assert!(
+        flags.iter().any(|f| f == "sf"),
+        "MAP_SYNC works on the DAX mount and the volatile heap tries it first: no 'sf' in \
+         VmFlags {flags:?}"
+    );
+    // 3 threads x up to 3 live blocks of 3-6 MiB: well beyond the initial 4 MiB
+    let large = [3 << 20, 5 << 20, 4 << 20, 6 << 20, 3 << 20, 4 << 20];
+    let mapped = vh_workload(&heap, 20_000, &large);
+    assert!(
+        mapped >= 32 << 20,
+        "the heap did not grow: mapped {mapped} bytes"
+    );
+    // memory from the grown part is the DAX file too
+    let big = Layout::from_size_align(8 << 20, 4096).unwrap();
+    let p = heap.alloc_zeroed(big);
+    assert!(!p.is_null());
+    assert!(all_zero(p, 8 << 20));
+    let grown = require_heap_vma(p.wrapping_add((8 << 20) - 1), &mnt.join(".pmem-heap-"));
+    assert!(grown.iter().any(|f| f == "sf"), "grown part: {grown:?}");
+    // SAFETY: allocated above with `big`.
+    unsafe { heap.dealloc(p, big) };
+    // SAFETY: allocated above with `l`.
+    unsafe { heap.dealloc(first, l) };
+    heap.core().check().unwrap();
+    vh_require_empty(&heap, 0);
+    // beyond `max_size`: null, not a crash
+    assert!(heap
+        .alloc(Layout::from_size_align(256 << 20, 4096).unwrap())
+        .is_null());
+    drop(heap);
+    assert!(
+        !std::fs::read_dir(&mnt).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".pmem-heap-")),
+        "a heap file was left on {}",
+        mnt.display()
+    );
+
+    // Part 2: a named heap file; large frees return blocks to the file system.
+    let path = fresh(&mnt, "volatile-heap.file");
+    let heap = VolatileHeap::builder()
+        .file(&path)
+        .size(64 << 20)
+        .max_size(64 << 20)
+        .build()
+        .unwrap();
+    let alloc_bytes = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&path).unwrap().blocks() * 512
+    };
+    let blk = Layout::from_size_align(8 << 20, 4096).unwrap();
+    let blocks: Vec<_> = (0..6).map(|_| heap.alloc(blk)).collect();
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    require_heap_vma(blocks[0], &path);
+    std::thread::scope(|s| {
+        for (i, &p) in blocks.iter().enumerate() {
+            let p = p as usize;
+            s.spawn(move || vh_fill(p as *mut u8, 8 << 20, i as u64));
+        }
+    });
+    for (i, &p) in blocks.iter().enumerate() {
+        assert!(vh_check(p, 8 << 20, i as u64));
+    }
+    let full = alloc_bytes();
+    let fs_free = statfs(&mnt).f_bfree;
+    assert!(
+        full >= 48 << 20,
+        "heap file has only {full} bytes allocated"
+    );
+    for &p in &blocks[..5] {
+        // SAFETY: allocated above with `blk`, freed once.
+        unsafe { heap.dealloc(p, blk) };
+    }
+    let after = alloc_bytes();
+    let fs_free_after = statfs(&mnt).f_bfree;
+    println!(
+        "heap file: {} MiB allocated with 48 MiB of blocks in use, {} MiB after freeing 40 MiB; \
+         file system free blocks {fs_free} -> {fs_free_after}",
+        full >> 20,
+        after >> 20
+    );
+    assert!(
+        after + (32 << 20) <= full,
+        "the heap file kept its blocks: {full} bytes allocated before freeing 40 MiB, {after} after"
+    );
+    assert!(
+        fs_free_after > fs_free,
+        "no blocks returned to the file system"
+    );
+    assert!(
+        vh_check(blocks[5], 8 << 20, 5),
+        "the live block was damaged"
+    );
+    // the punched space is reused, zeroed without being written, and is DAX memory again
+    let z: Vec<_> = (0..4).map(|_| heap.alloc_zeroed(blk)).collect();
+    for &p in &z {
+        assert!(!p.is_null());
+        assert!(all_zero(p, 8 << 20), "punched memory not zero");
+        vh_fill(p, 8 << 20, 9);
+    }
+    // of the 56 MiB free, only the 16 MiB never written (allocated by fallocate) were not
+    // punched: at least 16 of the 32 MiB written now are allocated anew (1 MiB of slack: ext4
+    // counts its extent tree blocks in st_blocks too)
+    let refilled = alloc_bytes();
+    assert!(
+        refilled + (1 << 20) >= after + (16 << 20),
+        "reused pages not allocated again: {after} -> {refilled} bytes"
+    );
+    for p in z.into_iter().chain([blocks[5]]) {
+        // SAFETY: allocated above with `blk`, freed once.
+        unsafe { heap.dealloc(p, blk) };
+    }
+    heap.core().check().unwrap();
+    vh_require_empty(&heap, 0);
+    drop(heap);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// (g) A volatile heap on a device-DAX device, used whole: the memory is the `/dev/daxN.M`
+/// mapping; the device is first filled with garbage (as a used device would be), and zeroed
+/// allocations are still zero; the same three-thread workload as on the file; when the device is
+/// full, allocations return null (no growth, no crash) and the space is usable again after the
+/// frees; `check` passes and `in_use` goes back to zero.
+#[test]
+#[ignore = "needs a DAX guest: tools/daxvm/guest-tests.sh"]
+fn devdax_volatile_heap() {
+    let dev = devdax_device();
+    // a used device: garbage everywhere
+    let t0 = Instant::now();
+    let dev_len = {
+        let m = Mapping::open(&dev, &MapOptions::new().require_dax(true)).unwrap();
+        assert_eq!(m.kind(), MapKind::DevDax);
+        // SAFETY: the whole mapping is ours; nothing else uses the device now.
+        unsafe { std::ptr::write_bytes(m.as_ptr(), 0xA5, m.len()) };
+        m.len() as u64
+    };
+    println!(
+        "{}: {dev_len} bytes filled with 0xA5 in {:.1} s",
+        dev.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let heap = VolatileHeap::builder().device(&dev).build().unwrap();
+    let mapped = heap.stats().mapped;
+    assert!(
+        mapped <= dev_len && mapped + (4 << 20) >= dev_len,
+        "heap maps {mapped} bytes of a {dev_len}-byte device"
+    );
+    println!("heap on {}: {}", dev.display(), heap.stats());
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let first = heap.alloc_zeroed(l);
+    assert!(!first.is_null() && heap.owns(first) && all_zero(first, 64));
+    let flags = require_heap_vma(first, &dev);
+    println!("devdax heap VmFlags {}", flags.join(" "));
+
+    // fresh memory of a used device: zeroed allocations must still be zero
+    let big = Layout::from_size_align(16 << 20, 4096).unwrap();
+    let p = heap.alloc_zeroed(big);
+    assert!(!p.is_null());
+    assert!(
+        all_zero(p, 16 << 20),
+        "alloc_zeroed on a fresh device heap returned the device's old contents"
+    );
+    // SAFETY: allocated above with `big`.
+    unsafe { heap.dealloc(p, big) };
+
+    let large = [3 << 20, 5 << 20, 4 << 20, 6 << 20, 3 << 20, 4 << 20];
+    let after = vh_workload(&heap, 20_000, &large);
+    assert_eq!(after, mapped, "a device-DAX heap cannot grow");
+    // SAFETY: allocated above with `l`.
+    unsafe { heap.dealloc(first, l) };
+    vh_require_empty(&heap, 0);
+
+    // Fill the device: 4 MiB blocks until null (bounded), then small blocks until null.
+    let blk = Layout::from_size_align(4 << 20, 4096).unwrap();
+    let bound = (dev_len / (4 << 20)) as usize + 8;
+    let mut blocks = Vec::new();
+    while blocks.len() < bound {
+        let p = heap.alloc(blk);
+        if p.is_null() {
+            break;
+        }
+        assert!(heap.owns(p) && heap.owns(p.wrapping_add((4 << 20) - 1)));
+        // SAFETY: fresh 4 MiB block: first and last page touched.
+        unsafe {
+            *p = blocks.len() as u8;
+            *p.add((4 << 20) - 1) = !(blocks.len() as u8);
+        }
+        blocks.push(p);
+    }
+    assert!(
+        blocks.len() < bound,
+        "{} blocks of 4 MiB from a {dev_len}-byte device and still no null",
+        blocks.len()
+    );
+    assert!(
+        blocks.len() as u64 * (4 << 20) + (16 << 20) >= dev_len,
+        "only {} blocks of 4 MiB from a {dev_len}-byte device",
+        blocks.len()
+    );
+    let small = Layout::from_size_align(4096, 8).unwrap();
+    let small_bound = (16 << 20) / 4096 + 64;
+    let mut smalls = Vec::new();
+    while smalls.len() < small_bound {
+        let p = heap.alloc(small);
+        if p.is_null() {
+            break;
+        }
+        smalls.push(p);
+    }
+    assert!(smalls.len() < small_bound, "small allocations never failed");
+    // more of everything: null, the heap stays consistent
+    assert!(heap.alloc(blk).is_null());
+    assert!(heap
+        .alloc_zeroed(Layout::from_size_align(1 << 20, 64).unwrap())
+        .is_null());
+    assert!(heap
+        .alloc(Layout::from_size_align(2 * dev_len as usize, 4096).unwrap())
+        .is_null());
+    {
+        let mut v: HeapVec<u64> = HeapVec::new_in(&heap);
+        assert!(v.try_reserve(64 << 20).is_err());
+    }
+    println!(
+        "device full after {} blocks of 4 MiB and {} of 4 KiB: {}",
+        blocks.len(),
+        smalls.len(),
+        heap.stats()
+    );
+    heap.core().check().unwrap();
+    for (i, &p) in blocks.iter().enumerate() {
+        // SAFETY: live 4 MiB blocks.
+        unsafe {
+            assert_eq!(*p, i as u8);
+            assert_eq!(*p.add((4 << 20) - 1), !(i as u8));
+        }
+    }
+    for p in smalls {
+        // SAFETY: allocated above with `small`, freed once.
+        unsafe { heap.dealloc(p, small) };
+    }
+    for p in blocks {
+        // SAFETY: allocated above with `blk`, freed once.
+        unsafe { heap.dealloc(p, blk) };
+    }
+    heap.core().check().unwrap();
+    vh_require_empty(&heap, 0);
+    // the space is usable again, and memory that held data comes back zeroed
+    let z = heap.alloc_zeroed(big);
+    assert!(!z.is_null(), "no 16 MiB after freeing everything");
+    assert!(
+        all_zero(z, 16 << 20),
+        "zeroed reuse of freed device memory is not zero"
+    );
+    // SAFETY: allocated above with `big`.
+    unsafe { heap.dealloc(z, big) };
+    heap.core().check().unwrap();
+    vh_require_empty(&heap, 0);
 }
