@@ -1768,6 +1768,100 @@ async fn restart_during_operations(t: &Ctx, driver: &mut DriverProc) -> Result<C
     Ok(c)
 }
 
+/// Kill the driver while stagings (mkfs + mount) and publications are in flight; after the
+/// restart, kubelet's retries must all succeed and tear-down must leave nothing behind.
+async fn restart_during_staging(t: &Ctx, driver: &mut DriverProc) -> R {
+    let baseline = t.available().await?;
+    let mut vols = Vec::new();
+    for _ in 0..4 {
+        let name = t.name("stagecrash");
+        t.create(&name, 16 * MI).await?;
+        vols.push((name, t.path("stage"), t.path("target")));
+    }
+    let mut tasks = Vec::new();
+    for (id, stage, target) in &vols {
+        std::fs::create_dir_all(stage).map_err(|e| e.to_string())?;
+        let mut node = t.c.node.clone();
+        let (id, stage, target) = (id.clone(), stage.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let cap = mount_cap("ext4");
+            let staged = node
+                .node_stage_volume(csi::NodeStageVolumeRequest {
+                    volume_id: id.clone(),
+                    staging_target_path: stage.to_string_lossy().into(),
+                    volume_capability: Some(cap.clone()),
+                    ..Default::default()
+                })
+                .await;
+            if staged.is_ok() {
+                let _ = node
+                    .node_publish_volume(csi::NodePublishVolumeRequest {
+                        volume_id: id,
+                        staging_target_path: stage.to_string_lossy().into(),
+                        target_path: target.to_string_lossy().into(),
+                        volume_capability: Some(cap),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(if t.real_devices() {
+        1200
+    } else {
+        30
+    }))
+    .await;
+    driver.kill();
+    for task in tasks {
+        let _ = task.await;
+    }
+    driver.restart();
+    let c = connect(&driver.socket).await;
+    let t2 = Ctx {
+        c,
+        setup: t.setup.clone(),
+        dir: t.dir.clone(),
+        n: AtomicUsize::new(0),
+    };
+    // kubelet retries: stage and publish, then the whole tear-down.
+    for (id, stage, target) in &vols {
+        ok(
+            t2.stage(id, stage, mount_cap("ext4")).await,
+            &format!("restage {id}"),
+        )?;
+        ok(
+            t2.publish(id, stage, target, mount_cap("ext4"), false, HashMap::new())
+                .await,
+            &format!("republish {id}"),
+        )?;
+        ensure!(t2.mount_of(target).is_some(), "{id}: target not mounted");
+    }
+    for (id, stage, target) in &vols {
+        ok(t2.unpublish(id, target).await, "unpublish")?;
+        ok(t2.unstage(id, stage).await, "unstage")?;
+        ensure!(
+            t2.mount_of(stage).is_none() && t2.mount_of(target).is_none(),
+            "{id}: still mounted"
+        );
+        t2.delete(id).await?;
+    }
+    ensure!(t2.available().await? == baseline, "capacity leaked");
+    let list = ok(
+        t2.c.controller
+            .clone()
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await,
+        "list",
+    )?;
+    ensure!(
+        list.entries.is_empty(),
+        "volumes left: {}",
+        list.entries.len()
+    );
+    Ok(())
+}
+
 struct Tally {
     passed: usize,
     failed: usize,
@@ -1859,8 +1953,25 @@ async fn main() {
     case!(tally, &t, concurrent_calls);
     let addr = driver.metrics_addr.clone().unwrap_or_default();
     tally.record("metrics_endpoint", metrics_endpoint(&t, &addr).await);
-    let r = restart_during_operations(&t, &mut driver).await.map(drop);
-    tally.record("restart_during_operations", r);
+    let r = restart_during_operations(&t, &mut driver).await;
+    let c = match r {
+        Ok(c) => {
+            tally.record("restart_during_operations", Ok(()));
+            c
+        }
+        Err(e) => {
+            tally.record("restart_during_operations", Err(e));
+            connect(&driver.socket).await
+        }
+    };
+    let t = Ctx {
+        c,
+        setup: t.setup.clone(),
+        dir: t.dir.clone(),
+        n: AtomicUsize::new(t.n.load(Ordering::Relaxed)),
+    };
+    let r = restart_during_staging(&t, &mut driver).await;
+    tally.record("restart_during_staging", r);
 
     drop(driver);
     println!("{} passed, {} failed", tally.passed, tally.failed);
