@@ -353,6 +353,36 @@ fn kustomizations_list_existing_files() {
 }
 
 #[test]
+fn direct_overlay_patches_the_right_arguments() {
+    // The overlay's JSON patch addresses arguments by index: keep them in sync with the base.
+    let docs = documents();
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    let a = args(container(ds, "pmem-driver"));
+    assert_eq!(a[3], "--device-mode=lvm");
+    assert_eq!(a[4], "--lvm-setup");
+    let overlay =
+        std::fs::read_to_string(deploy_dir().join("kubernetes/overlays/direct/kustomization.yaml"))
+            .unwrap();
+    let k: Value = serde_yaml::from_str(&overlay).unwrap();
+    let patch: Value = serde_yaml::from_str(k["patches"][0]["patch"].as_str().unwrap()).unwrap();
+    let ops = patch.as_sequence().unwrap();
+    assert_eq!(
+        s(&ops[0], &["path"]),
+        "/spec/template/spec/containers/0/args/3"
+    );
+    assert_eq!(s(&ops[0], &["value"]), "--device-mode=direct");
+    assert_eq!(s(&ops[1], &["op"]), "remove");
+    assert_eq!(
+        s(&ops[1], &["path"]),
+        "/spec/template/spec/containers/0/args/4"
+    );
+    assert_eq!(
+        get(ds, &["spec", "template", "spec", "containers", "0", "name"]).as_str(),
+        Some("pmem-driver")
+    );
+}
+
+#[test]
 fn helm_chart_is_consistent() {
     let chart = deploy_dir().join("helm/pmem-csi");
     let c: Value =
