@@ -181,6 +181,7 @@ pub struct MapOptions {
     min_size: u64,
     reserve: usize,
     huge_align: bool,
+    try_sync: bool,
 }
 
 impl Default for MapOptions {
@@ -198,6 +199,7 @@ impl MapOptions {
             min_size: sys::page_size() as u64,
             reserve: 0,
             huge_align: true,
+            try_sync: true,
         }
     }
 
@@ -217,6 +219,14 @@ impl MapOptions {
     /// [`grow`](Mapping::grow) in place without moving.
     pub fn reserve(mut self, bytes: usize) -> Self {
         self.reserve = bytes;
+        self
+    }
+
+    /// Try `MAP_SYNC` first (default true). Volatile users (a heap used as DRAM replacement)
+    /// switch it off: synchronous page faults cost file-system metadata syncs they do not need.
+    /// The mapping then reports [`MapKind::PageCache`] (not synchronous) even on a DAX file.
+    pub fn try_sync(mut self, yes: bool) -> Self {
+        self.try_sync = yes;
         self
     }
 
@@ -429,8 +439,14 @@ impl Mapping {
             e
         };
         let sync_flags = sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC;
+        let first = if opts.try_sync {
+            sync_flags
+        } else {
+            libc::MAP_SHARED
+        };
         // SAFETY: `base..base+len` is inside our reservation.
-        let kind = match unsafe { sys::mmap_fixed(base, len, Some(&file), sync_flags, 0) } {
+        let kind = match unsafe { sys::mmap_fixed(base, len, Some(&file), first, 0) } {
+            Ok(_) if !opts.try_sync => MapKind::PageCache,
             Ok(_) => MapKind::SyncDax,
             Err(e)
                 if matches!(
@@ -638,12 +654,19 @@ impl Mapping {
                 size: new_len as u64,
             });
         }
-        sys::fallocate(file, new_len as u64).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => MapError::NoSpace {
-                path: self.path.clone(),
-                requested: new_len as u64,
-            },
-            _ => MapError::from_io(&self.path, "fallocate", e),
+        let cur = file
+            .metadata()
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .max(self.len as u64);
+        sys::fallocate_range(file, cur, new_len as u64 - cur.min(new_len as u64)).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => MapError::NoSpace {
+                    path: self.path.clone(),
+                    requested: new_len as u64,
+                },
+                _ => MapError::from_io(&self.path, "fallocate", e),
+            }
         })?;
         let old = round_up(self.len, ps);
         // SAFETY: `base+old..base+new_len` is the unused tail of our own reservation (reserve

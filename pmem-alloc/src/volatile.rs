@@ -223,6 +223,7 @@ impl VolatileHeap {
                     size,
                     &MapOptions::new()
                         .reserve(max as usize)
+                        .try_sync(false)
                         .min_size(PAGE as u64),
                 )?;
                 if matches!(b.backing, Backing::Dir(_)) {

@@ -218,7 +218,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
     /// Against a reference model: live blocks never overlap, keep their contents, respect their
     /// alignment; the checker passes after every sequence.
     #[test]
@@ -274,7 +274,9 @@ proptest! {
             // SAFETY: allocated with `l`.
             unsafe { h.dealloc(p as *mut u8, l) };
         }
-        prop_assert!(h.core().check().is_ok());
+        if let Err(e) = h.core().check() {
+            prop_assert!(false, "check: {}", e);
+        }
         prop_assert_eq!(h.stats().in_use, 0);
     }
 }

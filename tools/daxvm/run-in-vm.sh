@@ -102,7 +102,7 @@ cat "$OUT/base.cpio.gz" "$tmp/overlay.cpio.gz" > "$tmp/initrd.cpio.gz"
 
 # ---- machine
 accel=${DAXVM_ACCEL:-tcg}
-append="console=ttyS0 panic=-1 quiet loglevel=3 daxvm.setup=$setup"
+append="console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check daxvm.setup=$setup"
 qargs=(-machine 'pc,nvdimm=on' -accel "$accel" -cpu max -smp 1 -nographic -no-reboot -nodefaults
     -serial stdio -kernel "$OUT/vmlinuz" -initrd "$tmp/initrd.cpio.gz")
 memm=$(( $(numfmt --from=iec "$mem") >> 20 ))

@@ -1106,6 +1106,10 @@ impl<P: Persist + 'static> HeapCore<P> {
             // SAFETY: lock held; the tail is ours.
             unsafe {
                 self.pm(page).len = want as u32;
+                // the new last page must not look free to a neighbour being freed
+                let t = self.pm(page + want - 1);
+                t.kind = ExtentKind::Large as u8;
+                t.head = page as u32;
                 ex.large_pages -= have - want;
                 self.pm(page + want).kind = ExtentKind::Large as u8;
                 self.pm(page + want).len = (have - want) as u32;
@@ -1141,6 +1145,13 @@ impl<P: Persist + 'static> HeapCore<P> {
         // SAFETY: lock held.
         unsafe {
             self.pm(page).len = want as u32;
+            // the absorbed extent's head and our new last page must not look free any more
+            let h = self.pm(nx);
+            h.kind = ExtentKind::Large as u8;
+            h.head = page as u32;
+            let t = self.pm(page + want - 1);
+            t.kind = ExtentKind::Large as u8;
+            t.head = page as u32;
             if rest > 0 {
                 self.bin_insert(&mut ex, page + want, rest, false);
             }

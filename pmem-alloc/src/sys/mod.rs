@@ -75,6 +75,26 @@ pub(crate) fn fallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// `posix_fallocate(3)` of `off..off+len` only (growth: earlier holes stay holes).
+pub(crate) fn fallocate_range(file: &File, off: u64, len: u64) -> io::Result<()> {
+    let (o, l) = match (libc::off_t::try_from(off), libc::off_t::try_from(len)) {
+        (Ok(o), Ok(l)) => (o, l),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "size too large",
+            ))
+        }
+    };
+    // SAFETY: the fd is valid while `file` lives.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), o, l) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => ftruncate(file, off + len),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 /// `ftruncate(2)`.
 pub(crate) fn ftruncate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len)

@@ -1,17 +1,11 @@
-//! Synchronisation primitives of the engine: a lock that never allocates (usable inside a
-//! `GlobalAlloc`), can be taken in a `fork` prepare handler and released in the parent and
-//! child handlers, and has no poisoning.
+//! The allocation-free lock of the engine: usable inside a `GlobalAlloc`, takeable in a `fork`
+//! prepare handler and releasable in the parent and child handlers, never poisoned.
 //!
-//! With `--cfg loom` the atomics come from loom, so models run this very code.
+//! This file is compiled twice: into the library (std atomics, via `super::atomic`) and into the
+//! loom model test `tests/loom_lock.rs` (loom atomics), so the models check this very code.
 
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
-#[cfg(not(loom))]
-#[allow(unused_imports)]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
-
+use super::atomic::{AtomicBool, Ordering};
 use std::cell::UnsafeCell;
-use std::sync::atomic::Ordering;
 
 /// A test-and-test-and-set lock with bounded spinning, then `yield`.
 #[derive(Debug)]
@@ -20,16 +14,12 @@ pub(crate) struct RawLock {
 }
 
 impl RawLock {
-    #[cfg(not(loom))]
-    pub(crate) const fn new() -> Self {
-        RawLock {
-            locked: AtomicBool::new(false),
-        }
-    }
-    #[cfg(loom)]
-    pub(crate) fn new() -> Self {
-        RawLock {
-            locked: AtomicBool::new(false),
+    // `const` in the library, plain under loom (whose atomics have no const constructor).
+    super::maybe_const_fn! {
+        pub(crate) fn new() -> Self {
+            RawLock {
+                locked: AtomicBool::new(false),
+            }
         }
     }
 
@@ -51,13 +41,10 @@ impl RawLock {
         loop {
             while self.locked.load(Ordering::Relaxed) {
                 if spins < 64 {
-                    std::hint::spin_loop();
+                    super::spin_hint();
                     spins += 1;
                 } else {
-                    #[cfg(loom)]
-                    loom::thread::yield_now();
-                    #[cfg(not(loom))]
-                    std::thread::yield_now();
+                    super::yield_now();
                 }
             }
             if self
@@ -92,12 +79,13 @@ unsafe impl<T: Send> Sync for Locked<T> {}
 unsafe impl<T: Send> Send for Locked<T> {}
 
 impl<T> Locked<T> {
-    /// A lock usable in a `static`.
-    #[cfg(not(loom))]
-    pub(crate) const fn new_const(v: T) -> Self {
-        Locked {
-            lock: RawLock::new(),
-            data: UnsafeCell::new(v),
+    super::maybe_const_fn! {
+        /// A lock usable in a `static`.
+        pub(crate) fn new_const(v: T) -> Self {
+            Locked {
+                lock: RawLock::new(),
+                data: UnsafeCell::new(v),
+            }
         }
     }
 

@@ -1,0 +1,30 @@
+//! Synchronisation for the engine. The lock lives in `lock.rs`, written against `atomic` and
+//! `yield_now` from this module so that the loom tests can compile it against loom.
+
+pub(crate) mod atomic {
+    #[allow(unused_imports)]
+    pub(crate) use std::sync::atomic::{
+        AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+
+/// Makes `fn` items `const` (the loom build of lock.rs defines this without `const`).
+macro_rules! maybe_const_fn {
+    ($(#[$m:meta])* $vis:vis fn $($rest:tt)*) => { $(#[$m])* $vis const fn $($rest)* };
+}
+use maybe_const_fn;
+
+fn spin_hint() {
+    std::hint::spin_loop();
+}
+
+fn yield_now() {
+    std::thread::yield_now();
+}
+
+mod lock;
+#[allow(unused_imports)]
+pub(crate) use lock::{Guard, Locked, RawLock};
