@@ -70,7 +70,7 @@ proptest! {
         for o in ops {
             match o {
                 Op::Alloc(i, n) => {
-                    if let Some(_) = model[i] {
+                    if model[i].is_some() {
                         let old = read_slot(&pool, i);
                         pool.publish(slot(&pool, i), PPtr::null()).unwrap();
                         // SAFETY: unlinked durably above; live block of this pool.
