@@ -39,6 +39,17 @@ phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem
 # Heavy suites, with their counts printed: crash sweep (>= 10,000 crash images), process kills
 # (200), corruption (10,000 cases).
 phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
+# loom models of the cross-thread structures (the lock source compiled against loom atomics)
+phase loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p pmem-alloc --release --locked --test loom_lock
+# AddressSanitizer over the multi-threaded heap tests (needs a nightly toolchain; skipped, and
+# said so, where there is none)
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    phase asan env RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan \
+        cargo +nightly test -p pmem-alloc --target x86_64-unknown-linux-gnu --locked \
+        --test volatile_heap --test global_alloc --test kill_pool
+else
+    echo "=== asan: skipped (no nightly toolchain on this machine)"
+fi
 if [ "${SKIP_GUEST:-0}" != 1 ]; then
     [ -x tools/daxvm/guest-tests.sh ] && phase guest-dax tools/daxvm/guest-tests.sh
     [ -x pmem-csi/ci/guest-test.sh ] && phase guest-csi pmem-csi/ci/guest-test.sh

@@ -230,3 +230,40 @@ fn specific_header_damage_gets_specific_errors() {
     let e = &img[..img.len() / 2];
     assert!(matches!(open(e), Err(PoolError::Truncated { .. })));
 }
+
+/// A header that is intact (valid checksum) but written by another architecture, or with a
+/// feature this build does not know, is refused with its own error.
+#[test]
+fn foreign_architecture_and_unknown_features_are_refused() {
+    use pmem_alloc::layout::{as_bytes, read_from, Le16, Le64, PoolHeader};
+    let img = image(true);
+    let open = |img: &[u8]| Pool::open_sim(Arc::new(SimMedia::from_image_strict(img)));
+    let with_header = |f: &dyn Fn(&mut PoolHeader)| {
+        let mut h: PoolHeader = read_from(&img).unwrap();
+        f(&mut h);
+        h.seal();
+        let mut out = img.clone();
+        out[..256].copy_from_slice(as_bytes(&h));
+        out
+    };
+    let arm = with_header(&|h| h.arch.machine = Le16::new(183));
+    assert!(matches!(open(&arm), Err(PoolError::WrongArch { .. })));
+    let be = with_header(&|h| h.arch.little_endian = 0);
+    assert!(matches!(open(&be), Err(PoolError::WrongArch { .. })));
+    let feat = with_header(&|h| h.incompat = Le64::new(1 << 7));
+    match open(&feat) {
+        Err(PoolError::UnknownFeatures { incompat, .. }) => assert_eq!(incompat, 1 << 7),
+        other => panic!("expected UnknownFeatures, got {other:?}"),
+    }
+    let v2 = with_header(&|h| h.major = Le16::new(2));
+    assert!(matches!(
+        open(&v2),
+        Err(PoolError::Version { major: 2, .. })
+    ));
+    // compat bits are ignored
+    let compat = with_header(&|h| h.compat = Le64::new(1));
+    assert!(open(&compat).is_ok());
+    // and the error messages say what is wrong
+    let msg = open(&arm).unwrap_err().to_string();
+    assert!(msg.contains("another architecture"), "{msg}");
+}

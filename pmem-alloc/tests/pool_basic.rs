@@ -154,3 +154,37 @@ fn grow_while_open_adds_space_and_survives_reopen() {
     assert_eq!(list(&pool).len(), 1000);
     pool.check().unwrap();
 }
+
+#[test]
+fn several_pools_at_once_from_several_threads() {
+    let d = tempfile::tempdir().unwrap();
+    let pools: Vec<Pool> = (0..3)
+        .map(|i| {
+            Pool::create(
+                &d.path().join(format!("p{i}.pool")),
+                8 << 20,
+                &PoolOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, p) in pools.iter().enumerate() {
+            s.spawn(move || {
+                let root = p.root::<Root>().unwrap();
+                for v in 0..2000 {
+                    push(p, root, v * 10 + i as u64);
+                }
+            });
+        }
+    });
+    for (i, mut p) in pools.into_iter().enumerate() {
+        let l = list(&p);
+        assert_eq!(l.len(), 2000);
+        assert!(
+            l.iter().all(|v| v % 10 == i as u64),
+            "pool {i} holds another pool's nodes"
+        );
+        p.check().unwrap();
+    }
+}
