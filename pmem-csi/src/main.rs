@@ -104,7 +104,18 @@ fn build(args: &Args) -> pmem_csi::error::Result<Arc<Driver>> {
     };
     let driver = Driver::new(config, devices, mounter, StateStore::open(&args.state_dir)?);
     let report = driver.reconcile()?;
-    log::info!("reconciled state: {report:?}");
+    let repaired = report.completed_creates
+        + report.dropped_creates
+        + report.completed_deletes
+        + report.adopted
+        + report.stale_mounts
+        + report.partial_removed
+        + report.missing_devices.len();
+    if repaired > 0 {
+        log::warn!("reconciled state after an unclean stop: {report:?}");
+    } else {
+        log::info!("reconciled state: {report:?}");
+    }
     for p in &report.problems {
         log::error!("state directory: {p}");
     }

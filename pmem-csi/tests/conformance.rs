@@ -1674,6 +1674,11 @@ async fn restart_during_operations(t: &Ctx, driver: &mut DriverProc) -> Result<C
             confirmed.push(n.clone());
         }
     }
+    println!(
+        "     (restart: {} of {} creations had completed when the driver was killed)",
+        confirmed.len(),
+        names.len()
+    );
     driver.restart();
     let c = connect(&driver.socket).await;
     let t2 = Ctx {
