@@ -127,6 +127,8 @@ async fn main() {
     let args = Args::parse();
     logger::init(args.log_level);
     let run = async {
+        // Reject a bad endpoint before touching any device.
+        server::socket_path(&args.endpoint)?;
         let driver = build(&args)?;
         if !args.metrics_addr.is_empty() {
             let l = tokio::net::TcpListener::bind(&args.metrics_addr).await?;
