@@ -1867,6 +1867,62 @@ async fn restart_during_staging(t: &Ctx, driver: &mut DriverProc) -> R {
     Ok(())
 }
 
+/// The state directory is wiped while the driver is down: the devices are adopted at start
+/// (under their volume ID where the backend records it), so they can be listed and deleted
+/// instead of leaking.
+async fn state_directory_lost(t: &Ctx, driver: &mut DriverProc) -> R {
+    let c = connect(&driver.socket).await;
+    let t = Ctx {
+        c,
+        setup: t.setup.clone(),
+        dir: t.dir.clone(),
+        n: AtomicUsize::new(t.n.load(Ordering::Relaxed)),
+    };
+    let baseline = t.available().await?;
+    let ids = [
+        t.create(&t.name("lost"), 8 * MI).await?.volume_id,
+        t.create(&t.name("lost"), 8 * MI).await?.volume_id,
+    ];
+    driver.kill();
+    std::fs::remove_dir_all(driver.state.join("volumes")).map_err(|e| e.to_string())?;
+    driver.restart();
+    let c = connect(&driver.socket).await;
+    let t2 = Ctx {
+        c,
+        setup: t.setup.clone(),
+        dir: t.dir.clone(),
+        n: AtomicUsize::new(0),
+    };
+    let list = ok(
+        t2.c.controller
+            .clone()
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await,
+        "list",
+    )?;
+    let listed: Vec<String> = list
+        .entries
+        .into_iter()
+        .filter_map(|e| e.volume)
+        .map(|v| v.volume_id)
+        .collect();
+    ensure!(listed.len() == 2, "adopted {listed:?}");
+    if t.setup.mode != "direct" {
+        // LVM tags and fake owner files keep the volume ID.
+        for id in &ids {
+            ensure!(
+                listed.contains(id),
+                "{id} not adopted under its ID: {listed:?}"
+            );
+        }
+    }
+    for id in &listed {
+        t2.delete(id).await?;
+    }
+    ensure!(t2.available().await? == baseline, "capacity leaked");
+    Ok(())
+}
+
 struct Tally {
     passed: usize,
     failed: usize,
@@ -1977,6 +2033,8 @@ async fn main() {
     };
     let r = restart_during_staging(&t, &mut driver).await;
     tally.record("restart_during_staging", r);
+    let r = state_directory_lost(&t, &mut driver).await;
+    tally.record("state_directory_lost", r);
 
     drop(driver);
     println!("{} passed, {} failed", tally.passed, tally.failed);
