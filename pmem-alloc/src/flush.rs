@@ -35,7 +35,8 @@ pub enum FlushMethod {
     Clwb,
     /// `clflushopt` (invalidates, weakly ordered) + `sfence`.
     ClflushOpt,
-    /// `clflush` (invalidates, strongly ordered; the fence is then a no-op ordering-wise).
+    /// `clflush` (invalidates; ordered with other stores and flushes, so `drain` needs no fence
+    /// except after non-temporal stores, which the copy and fill paths fence themselves).
     Clflush,
     /// eADR: caches are persistent, so no flush; only the `sfence` that orders stores.
     FenceOnly,
@@ -310,13 +311,19 @@ pub unsafe fn memcpy_nt(method: FlushMethod, dst: *mut u8, src: *const u8, len: 
     }
     // SAFETY: every offset stays below `len`, for which the caller vouches.
     unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        flush_lines(method, dst, head);
+        // (empty head/tail calls are skipped: some libc memcpy/memset variants still issue a
+        // masked store to the line for length 0, which costs as much as a real one)
+        if head > 0 {
+            std::ptr::copy_nonoverlapping(src, dst, head);
+            flush_lines(method, dst, head);
+        }
         let body = (len - head) & !(FLUSH_ALIGN - 1);
         nt_copy_body(dst.add(head), src.add(head), body);
         let done = head + body;
-        std::ptr::copy_nonoverlapping(src.add(done), dst.add(done), len - done);
-        flush_lines(method, dst.add(done), len - done);
+        if done < len {
+            std::ptr::copy_nonoverlapping(src.add(done), dst.add(done), len - done);
+            flush_lines(method, dst.add(done), len - done);
+        }
     }
 }
 
@@ -336,13 +343,17 @@ pub unsafe fn memset_nt(method: FlushMethod, dst: *mut u8, byte: u8, len: usize)
     }
     // SAFETY: every offset stays below `len`, for which the caller vouches.
     unsafe {
-        std::ptr::write_bytes(dst, byte, head);
-        flush_lines(method, dst, head);
+        if head > 0 {
+            std::ptr::write_bytes(dst, byte, head);
+            flush_lines(method, dst, head);
+        }
         let body = (len - head) & !(FLUSH_ALIGN - 1);
         nt_set_body(dst.add(head), byte, body);
         let done = head + body;
-        std::ptr::write_bytes(dst.add(done), byte, len - done);
-        flush_lines(method, dst.add(done), len - done);
+        if done < len {
+            std::ptr::write_bytes(dst.add(done), byte, len - done);
+            flush_lines(method, dst.add(done), len - done);
+        }
     }
 }
 

@@ -65,7 +65,8 @@ pub trait Persist: Send + Sync + std::fmt::Debug {
     /// The range must lie in memory mapped by this process (for the simulator: in its region).
     unsafe fn flush(&self, addr: *const u8, len: usize);
 
-    /// Waits until every earlier flush and non-temporal store is durable (a store fence).
+    /// Waits until every earlier flush and non-temporal store is durable: a store fence, or
+    /// nothing where the flush method is itself ordered (`clflush`, `msync`).
     fn drain(&self);
 
     /// `flush` + `drain`.
@@ -201,11 +202,10 @@ impl Persist for Hardware {
     #[inline]
     fn drain(&self) {
         match self.method {
-            FlushMethod::Clwb
-            | FlushMethod::ClflushOpt
-            | FlushMethod::Clflush
-            | FlushMethod::FenceOnly => flush::sfence(),
-            FlushMethod::Msync | FlushMethod::None => {
+            FlushMethod::Clwb | FlushMethod::ClflushOpt | FlushMethod::FenceOnly => flush::sfence(),
+            // clflush is ordered with stores and other clflushes: nothing to wait for (the
+            // non-temporal paths below fence themselves under this method); msync is synchronous
+            FlushMethod::Clflush | FlushMethod::Msync | FlushMethod::None => {
                 std::sync::atomic::compiler_fence(Ordering::SeqCst)
             }
         }
@@ -222,7 +222,11 @@ impl Persist for Hardware {
             }
             m if len >= movnt_threshold() => {
                 // SAFETY: forwarded from the caller; `m` is supported (see `new`).
-                unsafe { flush::memcpy_nt(m, dst, src, len) }
+                unsafe { flush::memcpy_nt(m, dst, src, len) };
+                if m == FlushMethod::Clflush {
+                    // `drain` is no fence under clflush, but non-temporal stores need one
+                    flush::sfence();
+                }
             }
             m => {
                 // SAFETY: forwarded from the caller.
@@ -245,7 +249,10 @@ impl Persist for Hardware {
             }
             m if len >= movnt_threshold() => {
                 // SAFETY: forwarded from the caller.
-                unsafe { flush::memset_nt(m, dst, byte, len) }
+                unsafe { flush::memset_nt(m, dst, byte, len) };
+                if m == FlushMethod::Clflush {
+                    flush::sfence();
+                }
             }
             m => {
                 // SAFETY: forwarded from the caller.

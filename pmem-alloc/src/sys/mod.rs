@@ -258,7 +258,12 @@ pub(crate) fn is_devdax(st: &libc::stat) -> bool {
 /// CPU caches are then inside the power-fail protected domain and cache flushes are unnecessary.
 /// False when there are no regions or any region reports something else.
 pub(crate) fn platform_has_eadr() -> bool {
-    let Ok(dir) = std::fs::read_dir("/sys/bus/nd/devices") else {
+    eadr_in(Path::new("/sys/bus/nd/devices"))
+}
+
+/// [`platform_has_eadr`] over a given `devices` directory (tests use a fake tree).
+pub(crate) fn eadr_in(devices: &Path) -> bool {
+    let Ok(dir) = std::fs::read_dir(devices) else {
         return false;
     };
     let mut any = false;
@@ -312,4 +317,31 @@ pub(crate) unsafe fn punch_hole(fd: libc::c_int, off: u64, len: u64) -> io::Resu
         )
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(domains: &[(&str, Option<&str>)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, dom) in domains {
+            let r = d.path().join(name);
+            std::fs::create_dir(&r).unwrap();
+            if let Some(dom) = dom {
+                std::fs::write(r.join("persistence_domain"), format!("{dom}\n")).unwrap();
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn eadr_needs_every_region_in_the_cpu_cache_domain() {
+        assert!(eadr_in(tree(&[("region0", Some("cpu_cache")), ("region1", Some("cpu_cache"))]).path()));
+        assert!(!eadr_in(tree(&[("region0", Some("cpu_cache")), ("region1", Some("memory_controller"))]).path()));
+        assert!(!eadr_in(tree(&[("region0", None)]).path()));
+        assert!(!eadr_in(tree(&[("namespace0.0", Some("cpu_cache"))]).path()), "only regions count");
+        assert!(!eadr_in(tree(&[]).path()), "no regions: no eADR");
+        assert!(!eadr_in(Path::new("/nonexistent/sysfs")));
+    }
 }
