@@ -10,6 +10,7 @@
 //! `benches/run-compare.sh` builds with the feature, runs `compare` for each flush instruction
 //! and then `report`.
 
+pub mod alloc;
 #[cfg(feature = "libpmem")]
 pub mod ffi;
 pub mod measure;
