@@ -52,6 +52,9 @@ pub struct Meta {
     pub recovery_objects: u64,
     /// Directory type (e.g. `tmpfs`).
     pub fs: String,
+    /// `/proc/loadavg` (1, 5, 15 minutes) when the run started.
+    #[serde(default)]
+    pub loadavg: String,
 }
 
 /// CPU model, logical CPUs and kernel release of this machine.
@@ -151,6 +154,7 @@ pub fn markdown(r: &Results, diag: Option<&Results>, svg_name: &str, notes: &str
     let _ = writeln!(s, "| CPU | {} |", m.cpu);
     let _ = writeln!(s, "| logical CPUs | {} |", m.cores);
     let _ = writeln!(s, "| kernel | {} |", m.kernel);
+    let _ = writeln!(s, "| load average at start | {} |", m.loadavg);
     let _ = writeln!(s, "| heap and pool files | `/dev/shm` ({}) |", m.fs);
     let _ = writeln!(s, "| peers | {} |", m.versions.join(", "));
     let _ = writeln!(s, "| command | `{}` |", m.command);
@@ -519,7 +523,7 @@ pub fn svg(r: &Results) -> String {
     let lo = vals.iter().cloned().fold(f64::MAX, f64::min).max(0.1);
     let hi = vals.iter().cloned().fold(0.0, f64::max).max(lo * 10.0);
     let (l0, l1) = (lo.log10().floor(), hi.log10().ceil());
-    let x = |v: f64| left + (v.max(lo).log10() - l0) / (l1 - l0) * plot_w;
+    let x = |v: f64| left + (v.max(10f64.powf(l0)).log10() - l0) / (l1 - l0) * plot_w;
     let mut s = String::new();
     let _ = writeln!(
         s,

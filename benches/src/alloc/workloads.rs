@@ -6,7 +6,8 @@
 //! is one allocation plus its free (cache-scratch: one allocation, 100 writes, one free).
 //!
 //! Runs are executed by persistent worker threads (so allocators keep their thread caches
-//! between runs, as in a long-running program), with barriers around the timed phase: setup
+//! between runs, as in a long-running program), which start together at a barrier and time
+//! themselves (run time = first start to last end). Setup
 //! (pre-filling windows, allocating bookkeeping arrays from the process allocator) and teardown
 //! (freeing what is left) are not timed. Nothing in a timed phase allocates from the process
 //! allocator except through the peer.
@@ -330,7 +331,12 @@ impl<P: AllocPeer + ?Sized> Job for Run<P> {
     }
 }
 
-type Msg = (Arc<dyn Job>, usize, Arc<Barrier>);
+type Msg = (
+    Arc<dyn Job>,
+    usize,
+    Arc<Barrier>,
+    mpsc::Sender<(Instant, Instant)>,
+);
 
 /// Persistent worker threads; thread `t` of every run is always the same OS thread.
 #[derive(Debug)]
@@ -351,13 +357,15 @@ impl Workers {
                 std::thread::Builder::new()
                     .name(format!("alloc-worker-{t}"))
                     .spawn(move || {
-                        for (job, tid, b) in rx {
+                        for (job, tid, b, done) in rx {
                             job.setup(tid);
                             b.wait();
+                            let start = Instant::now();
                             job.run(tid);
+                            let end = Instant::now();
                             b.wait();
                             job.teardown(tid);
-                            b.wait();
+                            let _ = done.send((start, end));
                         }
                     })
                     .expect("spawn worker"),
@@ -366,19 +374,28 @@ impl Workers {
         Workers { txs, handles }
     }
 
-    /// Runs `job` on the first `threads` workers; returns the wall time of the timed phase.
+    /// Runs `job` on the first `threads` workers; returns the wall time of the timed phase:
+    /// from the first worker's start to the last worker's end, as the workers themselves saw
+    /// it (the coordinating thread may be descheduled at any moment on a small machine).
     pub fn time(&self, job: &Arc<dyn Job>, threads: usize) -> Duration {
         assert!(threads <= self.txs.len());
-        let b = Arc::new(Barrier::new(threads + 1));
+        let b = Arc::new(Barrier::new(threads));
+        let (done_tx, done_rx) = mpsc::channel();
         for (t, tx) in self.txs.iter().take(threads).enumerate() {
-            tx.send((job.clone(), t, b.clone())).expect("worker alive");
+            tx.send((job.clone(), t, b.clone(), done_tx.clone()))
+                .expect("worker alive");
         }
-        b.wait();
-        let t0 = Instant::now();
-        b.wait();
-        let d = t0.elapsed();
-        b.wait();
-        d
+        drop(done_tx);
+        let mut first: Option<Instant> = None;
+        let mut last: Option<Instant> = None;
+        for (s, e) in done_rx.iter().take(threads) {
+            first = Some(first.map_or(s, |f| f.min(s)));
+            last = Some(last.map_or(e, |l| l.max(e)));
+        }
+        match (first, last) {
+            (Some(f), Some(l)) => l.duration_since(f),
+            _ => panic!("a worker died"),
+        }
     }
 
     /// Stops the workers.
@@ -436,16 +453,23 @@ pub fn run_matrix(
             let per = w.ops_per_unit() as f64;
             let mut reps = Vec::new();
             for p in peers {
-                let mut r = 1u64;
-                let d = loop {
-                    let d = workers.time(&p.clone().job(w, t, r), t);
-                    if d >= target / 8 || r >= 1 << 24 {
-                        break d;
-                    }
-                    r *= 4;
-                };
-                let scaled = (r as f64 * target.as_secs_f64() / d.as_secs_f64().max(1e-9)).ceil();
-                reps.push((scaled as u64).max(1));
+                // warm-up (first use of the thread caches, heap growth), then two calibration
+                // passes; the larger estimate wins, so one slow run cannot make runs too short
+                workers.time(&p.clone().job(w, t, 1), t);
+                let mut est = 1u64;
+                for _ in 0..2 {
+                    let mut r = 1u64;
+                    let d = loop {
+                        let d = workers.time(&p.clone().job(w, t, r), t);
+                        if d >= target / 4 || r >= 1 << 24 {
+                            break d;
+                        }
+                        r *= 2;
+                    };
+                    let scaled = r as f64 * target.as_secs_f64() / d.as_secs_f64().max(1e-9);
+                    est = est.max(scaled.ceil() as u64);
+                }
+                reps.push(est);
             }
             let mut ns = vec![Vec::new(); peers.len()];
             for round in 0..trials {

@@ -73,7 +73,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
     /// Trials per case (median reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 11)]
     trials: usize,
     /// Target duration of one run, ms.
     #[arg(long, default_value_t = 30)]
@@ -315,6 +315,9 @@ fn measure(a: &RunArgs) -> Result<Results, String> {
             recovery_objects: a.recovery_objects,
             recovery_pool_size: a.recovery_pool_mib << 20,
             fs: fs_type(&a.dir),
+            loadavg: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
             ..Default::default()
         },
         ..Default::default()
