@@ -31,6 +31,10 @@ bin="${CARGO_TARGET_DIR:-target}/release/alloc_compare"
 ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "?"; }
 versions="glibc $(ver libc6),jemalloc $(ver libjemalloc2),mimalloc $(ver libmimalloc2.0)"
 versions+=",memkind $(ver libmemkind0),libpmemobj $(ver libpmemobj1)"
+# the pmem-alloc measured: its commit, marked when the working tree differs from it
+rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- pmem-alloc 2>/dev/null || rev+="+modified"
+versions="pmem-alloc $rev,$versions"
 
 # CPU flushes on the tmpfs mappings for both persistent peers (nothing here is durable).
 export PMEM_ALLOC_FORCE_PMEM=1 PMEM_IS_PMEM_FORCE=1

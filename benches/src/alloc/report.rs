@@ -52,6 +52,9 @@ pub struct Meta {
     pub recovery_objects: u64,
     /// Directory type (e.g. `tmpfs`).
     pub fs: String,
+    /// The flush method pmem-alloc chose for a pool file in the run's directory.
+    #[serde(default)]
+    pub ours_flush: String,
     /// `/proc/loadavg` (1, 5, 15 minutes) when the run started.
     #[serde(default)]
     pub loadavg: String,
@@ -156,6 +159,9 @@ pub fn markdown(r: &Results, diag: Option<&Results>, svg_name: &str, notes: &str
     let _ = writeln!(s, "| kernel | {} |", m.kernel);
     let _ = writeln!(s, "| load average at start | {} |", m.loadavg);
     let _ = writeln!(s, "| heap and pool files | `/dev/shm` ({}) |", m.fs);
+    if !m.ours_flush.is_empty() {
+        let _ = writeln!(s, "| pmem-alloc pool flush method | {} |", m.ours_flush);
+    }
     let _ = writeln!(s, "| peers | {} |", m.versions.join(", "));
     let _ = writeln!(s, "| command | `{}` |", m.command);
     let _ = writeln!(s);
@@ -166,7 +172,8 @@ pub fn markdown(r: &Results, diag: Option<&Results>, svg_name: &str, notes: &str
          `PMEM_IS_PMEM_FORCE=1` does for libpmemobj, so both persistent peers pay the same kind \
          of flushes (and nothing is durable). The machine is shared and noisy: every number is a \
          median of {} interleaved trials (peers take turns, reversing order every round), each \
-         run lasting about {} ms after a calibration run that also warms up.\n",
+         run lasting about {} ms (units per run chosen per peer by a warm-up run and two \
+         calibration passes; the workers time themselves, first start to last end).\n",
         m.trials, m.run_ms
     );
     let _ = writeln!(s, "## Peers\n");

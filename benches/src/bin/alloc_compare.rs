@@ -326,6 +326,20 @@ fn measure(a: &RunArgs) -> Result<Results, String> {
         dir: a.dir.clone(),
         pool_size: a.pool_mib << 20,
     };
+    {
+        // which flush instruction the persistent pool uses on this directory
+        let path = peers::scratch(&a.dir, "probe");
+        let _ = std::fs::remove_file(&path);
+        let pool = pmem_alloc::pool::Pool::create(&path, 1 << 20, &Default::default())
+            .map_err(|e| e.to_string())?;
+        res.meta.ours_flush = format!(
+            "{:?} (PMEM_ALLOC_FORCE_PMEM={})",
+            pool.persister().method(),
+            std::env::var("PMEM_ALLOC_FORCE_PMEM").unwrap_or_default()
+        );
+        let _ = pool.close();
+        let _ = std::fs::remove_file(&path);
+    }
 
     if !a.no_throughput {
         let mut ps = Vec::new();
