@@ -107,6 +107,10 @@ struct ExtentState {
     free_pages: usize,
     large_pages: usize,
     run_pages: usize,
+    /// Pages in free extents not known to be zero (hole-punching candidates).
+    dirty_free: usize,
+    /// Dirty pages left after the last bulk punch (extents too small to punch).
+    dirty_floor: usize,
 }
 
 // SAFETY: the raw pointers in `zones` point into mappings owned by the heap, which outlives the
@@ -321,6 +325,8 @@ impl<P: Persist + 'static> HeapCore<P> {
                 free_pages: 0,
                 large_pages: 0,
                 run_pages: 0,
+                dirty_free: 0,
+                dirty_floor: 0,
             }),
             bins: std::array::from_fn(|_| {
                 Padded(Locked::new(Bin {
@@ -582,6 +588,9 @@ impl<P: Persist + 'static> HeapCore<P> {
         ex.bins[b] = page as u32;
         ex.nonempty |= 1 << b;
         ex.free_pages += len;
+        if !zero {
+            ex.dirty_free += len;
+        }
     }
 
     /// # Safety
@@ -589,10 +598,13 @@ impl<P: Persist + 'static> HeapCore<P> {
     unsafe fn bin_remove(&self, ex: &mut ExtentState, page: usize) {
         // SAFETY: as above.
         unsafe {
-            let (len, next, prev) = {
+            let (len, next, prev, zero) = {
                 let m = self.pm(page);
-                (m.len as usize, m.next, m.prev)
+                (m.len as usize, m.next, m.prev, m.flags & F_ZERO != 0)
             };
+            if !zero {
+                ex.dirty_free -= len;
+            }
             let b = ext_bin(len);
             if prev != NIL {
                 self.pm(prev as usize).next = next;
@@ -735,16 +747,51 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
         // The single durable store of a free: the merged head.
         self.pmap_set(ex, start, ExtentKind::Free, 0, n);
-        if !zero_all && self.punch_pages > 0 && n >= self.punch_pages {
-            self.punch(start, n);
-            zero_all = true;
-        }
         // SAFETY: lock held; the merged extent is in no bin.
         unsafe {
             // clear stale run/large markers on the old head so `contains` and lookups see free
             self.pm(page).kind = ExtentKind::Free as u8;
             self.bin_insert(ex, start, n, zero_all);
         }
+        if self.punch_pages > 0 && ex.dirty_free >= ex.dirty_floor + self.punch_budget(ex) {
+            self.punch_dirty(ex);
+        }
+    }
+
+    /// Dirty free pages tolerated before a bulk punch: the punch threshold, or 1/16 of the
+    /// mapped pages if that is more (so the syscalls are amortised over many frees).
+    fn punch_budget(&self, ex: &ExtentState) -> usize {
+        let mapped: usize = ex.zones[..ex.nzones]
+            .iter()
+            .flatten()
+            .map(|z| z.npages)
+            .sum();
+        self.punch_pages.max(mapped / 16)
+    }
+
+    /// Returns every dirty free extent of at least 16 pages to the file system (or kernel) and
+    /// marks it zero. Small extents stay dirty (a syscall each would cost more than they hold).
+    fn punch_dirty(&self, ex: &mut ExtentState) {
+        let mut left = 0;
+        for b in 0..EXT_BINS {
+            let mut cur = ex.bins[b];
+            while cur != NIL {
+                // SAFETY: bin lists link free-extent heads; the extent lock is held (`ex`).
+                let m = unsafe { self.pm(cur as usize) };
+                let next = m.next;
+                if m.flags & F_ZERO == 0 {
+                    if m.len >= 16 {
+                        self.punch(cur as usize, m.len as usize);
+                        m.flags |= F_ZERO;
+                        ex.dirty_free -= m.len as usize;
+                    } else {
+                        left += m.len as usize;
+                    }
+                }
+                cur = next;
+            }
+        }
+        ex.dirty_floor = left;
     }
 
     /// Returns the pages to the file system (volatile file heaps) or to the kernel (anonymous):

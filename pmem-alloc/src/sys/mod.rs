@@ -337,10 +337,25 @@ mod tests {
 
     #[test]
     fn eadr_needs_every_region_in_the_cpu_cache_domain() {
-        assert!(eadr_in(tree(&[("region0", Some("cpu_cache")), ("region1", Some("cpu_cache"))]).path()));
-        assert!(!eadr_in(tree(&[("region0", Some("cpu_cache")), ("region1", Some("memory_controller"))]).path()));
+        assert!(eadr_in(
+            tree(&[
+                ("region0", Some("cpu_cache")),
+                ("region1", Some("cpu_cache"))
+            ])
+            .path()
+        ));
+        assert!(!eadr_in(
+            tree(&[
+                ("region0", Some("cpu_cache")),
+                ("region1", Some("memory_controller"))
+            ])
+            .path()
+        ));
         assert!(!eadr_in(tree(&[("region0", None)]).path()));
-        assert!(!eadr_in(tree(&[("namespace0.0", Some("cpu_cache"))]).path()), "only regions count");
+        assert!(
+            !eadr_in(tree(&[("namespace0.0", Some("cpu_cache"))]).path()),
+            "only regions count"
+        );
         assert!(!eadr_in(tree(&[]).path()), "no regions: no eADR");
         assert!(!eadr_in(Path::new("/nonexistent/sysfs")));
     }
