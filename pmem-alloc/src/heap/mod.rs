@@ -470,7 +470,7 @@ impl<P: Persist + 'static> HeapCore<P> {
                     t.head = z.start as u32;
                 }
                 if usable > 0 {
-                    self.bin_insert(&mut ex, z.start + z.meta_pages, usable, true);
+                    self.bin_insert(&mut ex, z.start + z.meta_pages, usable, 0);
                 }
             }
         }
@@ -491,12 +491,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             let t = self.pm(z.start + z.meta_pages - 1);
             t.kind = ExtentKind::Meta as u8;
             t.head = z.start as u32;
-            self.bin_insert(
-                &mut ex,
-                z.start + z.meta_pages,
-                z.npages - z.meta_pages,
-                true,
-            );
+            self.bin_insert(&mut ex, z.start + z.meta_pages, z.npages - z.meta_pages, 0);
         }
     }
 
@@ -563,9 +558,15 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     // ------------------------------------------------------------------ extent allocator
 
+    /// Enters a free extent into its bin. `dirty` is the length of its *dirty prefix*: pages
+    /// `page..page + dirty` may hold old data, the rest is known to be zero. (Freed runs and
+    /// blocks sit at the front of the free space they merge into, and allocation takes from the
+    /// front, so a prefix tracks dirtiness exactly under splits and merges.)
+    ///
     /// # Safety
     /// Extent lock held (`ex`), `page..page+len` a free extent not in any bin.
-    unsafe fn bin_insert(&self, ex: &mut ExtentState, page: usize, len: usize, zero: bool) {
+    unsafe fn bin_insert(&self, ex: &mut ExtentState, page: usize, len: usize, dirty: usize) {
+        let dirty = dirty.min(len);
         let b = ext_bin(len);
         // SAFETY: pages inside the reservation; lock held.
         unsafe {
@@ -574,7 +575,8 @@ impl<P: Persist + 'static> HeapCore<P> {
             m.head = page as u32;
             m.len = len as u32;
             m.class = 0;
-            m.flags = if zero { F_ZERO } else { 0 };
+            m.flags = 0;
+            m.nfree = dirty as u32;
             m.prev = NIL;
             m.next = ex.bins[b];
             if ex.bins[b] != NIL {
@@ -588,9 +590,7 @@ impl<P: Persist + 'static> HeapCore<P> {
         ex.bins[b] = page as u32;
         ex.nonempty |= 1 << b;
         ex.free_pages += len;
-        if !zero {
-            ex.dirty_free += len;
-        }
+        ex.dirty_free += dirty;
     }
 
     /// # Safety
@@ -598,13 +598,11 @@ impl<P: Persist + 'static> HeapCore<P> {
     unsafe fn bin_remove(&self, ex: &mut ExtentState, page: usize) {
         // SAFETY: as above.
         unsafe {
-            let (len, next, prev, zero) = {
+            let (len, next, prev, dirty) = {
                 let m = self.pm(page);
-                (m.len as usize, m.next, m.prev, m.flags & F_ZERO != 0)
+                (m.len as usize, m.next, m.prev, m.nfree as usize)
             };
-            if !zero {
-                ex.dirty_free -= len;
-            }
+            ex.dirty_free -= dirty;
             let b = ext_bin(len);
             if prev != NIL {
                 self.pm(prev as usize).next = next;
@@ -636,9 +634,9 @@ impl<P: Persist + 'static> HeapCore<P> {
             while cur != NIL {
                 let p = cur as usize;
                 // SAFETY: `p` is a free-extent head in a bin; lock held.
-                let (len, next, zero) = unsafe {
+                let (len, next, dirty) = unsafe {
                     let m = self.pm(p);
-                    (m.len as usize, m.next, m.flags & F_ZERO != 0)
+                    (m.len as usize, m.next, m.nfree as usize)
                 };
                 let a = p.next_multiple_of(align.max(1));
                 if a + n <= p + len {
@@ -656,11 +654,12 @@ impl<P: Persist + 'static> HeapCore<P> {
                     // SAFETY: lock held; the pieces are no longer in any bin.
                     unsafe {
                         if tail > 0 {
-                            self.bin_insert(&mut ex, a + n, tail, zero);
+                            self.bin_insert(&mut ex, a + n, tail, dirty.saturating_sub(a + n - p));
                         }
                         if a > p {
-                            self.bin_insert(&mut ex, p, a - p, zero);
+                            self.bin_insert(&mut ex, p, a - p, dirty);
                         }
+                        let zero = dirty <= a - p;
                         // the tail page tells a freeing neighbour that this extent is taken
                         let t = self.pm(a + n - 1);
                         t.kind = kind as u8;
@@ -717,7 +716,8 @@ impl<P: Persist + 'static> HeapCore<P> {
         let zone_lo = z.start + z.meta_pages;
         let zone_hi = z.start + z.npages;
         let (mut start, mut n) = (page, len);
-        let mut zero_all = zero;
+        // dirty prefix of the extent being built
+        let mut dirty = if zero { 0 } else { len };
         // SAFETY: neighbours are inside the zone (checked) and the lock is held.
         unsafe {
             let nx = page + len;
@@ -726,7 +726,10 @@ impl<P: Persist + 'static> HeapCore<P> {
                 && self.pm(nx).head == nx as u32
             {
                 let nl = self.pm(nx).len as usize;
-                zero_all &= self.pm(nx).flags & F_ZERO != 0;
+                let nd = self.pm(nx).nfree as usize;
+                if nd > 0 {
+                    dirty = len + nd;
+                }
                 self.bin_remove(ex, nx);
                 n += nl;
             }
@@ -736,8 +739,12 @@ impl<P: Persist + 'static> HeapCore<P> {
                     let ph = t.head as usize;
                     let h = self.pm(ph);
                     if h.kind == ExtentKind::Free as u8 && ph + h.len as usize == page {
-                        zero_all &= h.flags & F_ZERO != 0;
                         let pl = h.len as usize;
+                        dirty = if dirty > 0 {
+                            pl + dirty
+                        } else {
+                            h.nfree as usize
+                        };
                         self.bin_remove(ex, ph);
                         start = ph;
                         n += pl;
@@ -751,7 +758,7 @@ impl<P: Persist + 'static> HeapCore<P> {
         unsafe {
             // clear stale run/large markers on the old head so `contains` and lookups see free
             self.pm(page).kind = ExtentKind::Free as u8;
-            self.bin_insert(ex, start, n, zero_all);
+            self.bin_insert(ex, start, n, dirty);
         }
         if self.punch_pages > 0 && ex.dirty_free >= ex.dirty_floor + self.punch_budget(ex) {
             self.punch_dirty(ex);
@@ -769,8 +776,9 @@ impl<P: Persist + 'static> HeapCore<P> {
         self.punch_pages.max(mapped / 16)
     }
 
-    /// Returns every dirty free extent of at least 16 pages to the file system (or kernel) and
-    /// marks it zero. Small extents stay dirty (a syscall each would cost more than they hold).
+    /// Returns the dirty prefix of every free extent (when at least 16 pages) to the file system
+    /// (or kernel); it reads back as zeros. Smaller prefixes stay (a syscall each would cost more
+    /// than they hold).
     fn punch_dirty(&self, ex: &mut ExtentState) {
         let mut left = 0;
         for b in 0..EXT_BINS {
@@ -779,14 +787,13 @@ impl<P: Persist + 'static> HeapCore<P> {
                 // SAFETY: bin lists link free-extent heads; the extent lock is held (`ex`).
                 let m = unsafe { self.pm(cur as usize) };
                 let next = m.next;
-                if m.flags & F_ZERO == 0 {
-                    if m.len >= 16 {
-                        self.punch(cur as usize, m.len as usize);
-                        m.flags |= F_ZERO;
-                        ex.dirty_free -= m.len as usize;
-                    } else {
-                        left += m.len as usize;
-                    }
+                let d = m.nfree as usize;
+                if d >= 16 {
+                    self.punch(cur as usize, d);
+                    m.nfree = 0;
+                    ex.dirty_free -= d;
+                } else {
+                    left += d;
                 }
                 cur = next;
             }
@@ -1174,9 +1181,9 @@ impl<P: Persist + 'static> HeapCore<P> {
             return false;
         }
         // SAFETY: lock held; `nx` inside the zone.
-        let (nk, nh, nl) = unsafe {
+        let (nk, nh, nl, nd) = unsafe {
             let m = self.pm(nx);
-            (m.kind, m.head, m.len as usize)
+            (m.kind, m.head, m.len as usize, m.nfree as usize)
         };
         if nk != ExtentKind::Free as u8 || nh != nx as u32 || have + nl < want {
             return false;
@@ -1200,7 +1207,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             t.kind = ExtentKind::Large as u8;
             t.head = page as u32;
             if rest > 0 {
-                self.bin_insert(&mut ex, page + want, rest, false);
+                self.bin_insert(&mut ex, page + want, rest, nd.saturating_sub(want - have));
             }
         }
         ex.large_pages += want - have;
@@ -1596,7 +1603,7 @@ impl<P: Persist + 'static> HeapCore<P> {
                     rep.merged += 1;
                 }
                 // SAFETY: single-threaded open; the pages form one free extent in no bin.
-                unsafe { this.bin_insert(ex, p, n, false) };
+                unsafe { this.bin_insert(ex, p, n, n) };
             }
         };
         let mut zone_end = 0;
