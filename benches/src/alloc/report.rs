@@ -490,8 +490,8 @@ pub fn markdown(r: &Results, diag: Option<&Results>, svg_name: &str, notes: &str
         let _ = writeln!(
             s,
             "\n## Diagnostic: the volatile heap without hole punching\n\nA second, smaller run \
-             (`{}`, {} trials, same method) of the volatile heap as shipped (free extents of at \
-             least 2 MiB are returned to the file system) against the same heap built with \
+             (`{}`, {} trials, same method) of the volatile heap as shipped (hole punching at \
+             the builder's default threshold) against the same heap built with \
              `punch_threshold(0)`, ns/op per thread. Raw data: \
              `docs/benchmarks/data/alloc-punch-diag.json`.\n",
             d.meta.command, d.meta.trials
