@@ -8,8 +8,8 @@ pkgs=(
     build-essential pkg-config ca-certificates
     # the QEMU guest with an emulated NVDIMM (tools/daxvm)
     qemu-system-x86 busybox-static cpio kmod ndctl daxctl e2fsprogs xfsprogs lvm2
-    # test helpers
-    util-linux procps
+    # test helpers; libpmem for building the benchmark peer
+    util-linux procps libpmem-dev
 )
 if [ "${1:-}" = "--bench" ]; then
     pkgs+=(libpmem-dev libpmem2-dev libpmemobj-dev pmdk-tools libmemkind-dev libjemalloc-dev

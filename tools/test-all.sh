@@ -27,7 +27,8 @@ phase() { # name, command...
 
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
-phase build cargo build --workspace --all-targets --locked
+# the benchmarks compile and link (with the libpmem peer); the rest is built by the tests
+phase build-benches cargo build -p pmem-benches --all-targets --features libpmem --locked
 phase workspace-tests cargo test --workspace --locked
 # The tests whose behaviour depends on the flush path, once per path (the simulator-based tests
 # do not depend on it and run once above).

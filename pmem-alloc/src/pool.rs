@@ -785,17 +785,16 @@ impl<P: Persist + 'static> Pool<P> {
     // ------------------------------------------------------------------ allocation
 
     /// Allocates `size` bytes (16-byte aligned). Contents are unspecified. No flush, no fence.
+    #[inline]
     pub fn alloc(&self, size: usize) -> Result<PPtr<u8>, PoolError> {
         self.alloc_aligned(size, 16)
     }
 
     /// Allocates with an alignment (a power of two).
+    #[inline]
     pub fn alloc_aligned(&self, size: usize, align: usize) -> Result<PPtr<u8>, PoolError> {
         if !align.is_power_of_two() || size > isize::MAX as usize {
-            return Err(PoolError::InvalidSize {
-                size: size as u64,
-                why: "alignment must be a power of two and size below isize::MAX",
-            });
+            return Err(bad_layout(size));
         }
         let p = self.core.alloc(size, align);
         if p.is_null() {
@@ -821,6 +820,7 @@ impl<P: Persist + 'static> Pool<P> {
     /// `p` must be a live block of this pool, returned by an allocation of this pool and not
     /// freed since; per the crash contract, any durable link to it must already have been
     /// removed and persisted.
+    #[inline]
     pub unsafe fn free<T: ?Sized>(&self, p: PPtr<T>) {
         if p.is_null() {
             return;
@@ -1009,6 +1009,14 @@ impl<P: Persist + 'static> Pool<P> {
 impl<P: Persist + 'static> Drop for Pool<P> {
     fn drop(&mut self) {
         self.close_inner();
+    }
+}
+
+#[cold]
+fn bad_layout(size: usize) -> PoolError {
+    PoolError::InvalidSize {
+        size: size as u64,
+        why: "alignment must be a power of two and size below isize::MAX",
     }
 }
 
