@@ -78,6 +78,30 @@ const fn build_pages() -> [u16; NCLASSES] {
 
 /// Block size of each class.
 pub static CLASS_SIZE: [u32; NCLASSES] = build_sizes();
+
+const fn build_recips() -> [u32; NCLASSES] {
+    let mut t = [0u32; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        let d = class_size_const(c) as u64;
+        t[c] = ((1u64 << 32).div_ceil(d)) as u32;
+        c += 1;
+    }
+    t
+}
+
+/// `ceil(2^32 / class size)`: `(offset * CLASS_RECIP[c]) >> 32 == offset / size` for every
+/// block start `offset = i * size` of a run (exact because `offset` stays far below 2^32: with
+/// `m = 2^32/size + e`, `e < 1`, the error term `i * size * e / 2^32` is below 1), without a
+/// division on the free path.
+pub static CLASS_RECIP: [u32; NCLASSES] = build_recips();
+
+/// The index of the block starting `offset` bytes into a run of class `c` (exact for block
+/// starts; see [`CLASS_RECIP`]).
+#[inline]
+pub fn block_index(c: usize, offset: usize) -> usize {
+    ((offset as u64 * CLASS_RECIP[c] as u64) >> 32) as usize
+}
 /// Pages per run of each class.
 pub static RUN_PAGES: [u16; NCLASSES] = build_pages();
 
@@ -210,6 +234,20 @@ mod tests {
                 "class {} tail {tail}",
                 class_size(c)
             );
+        }
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact_for_every_block_start() {
+        for c in 0..NCLASSES {
+            for i in 0..run_blocks(c) {
+                assert_eq!(
+                    block_index(c, i * class_size(c)),
+                    i,
+                    "class {}",
+                    class_size(c)
+                );
+            }
         }
     }
 

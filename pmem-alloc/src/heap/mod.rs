@@ -945,7 +945,6 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     /// Returns blocks of class `c` to their runs; releases runs that become empty (keeping one).
     fn return_blocks(&self, c: usize, blocks: &[*mut u8]) {
-        let size = class_size(c) as u32;
         let nb = run_blocks(c) as u32;
         let mut bin = self.bins[c].0.lock();
         for &b in blocks {
@@ -953,7 +952,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             // SAFETY: `b` came from a run of class `c` of this heap; bin lock held.
             unsafe {
                 let r = self.pm(page).head as usize;
-                let idx = ((b as usize - self.page_ptr(r) as usize) as u32 / size) as usize;
+                let idx = size_class::block_index(c, b as usize - self.page_ptr(r) as usize);
                 let word = &mut *self.bitmap_words(r).add(idx / 64);
                 debug_assert!(*word & (1 << (idx % 64)) != 0, "double free of {b:p}");
                 *word &= !(1 << (idx % 64));

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 /// Most threads with a cache at once; further threads use the locked path.
 pub(crate) const MAX_THREADS: usize = 1024;
 /// Largest cache capacity of any class.
-pub(crate) const MAX_CAP: usize = 64;
+pub(crate) const MAX_CAP: usize = 128;
 /// Most heaps with thread caches at once.
 const MAX_HEAPS: usize = 64;
 /// Thread id meaning "exiting or out of ids: no cache".
@@ -29,7 +29,8 @@ const NO_TID: u32 = u32::MAX;
 #[inline]
 pub(crate) fn cap(c: usize) -> usize {
     match class_size(c) {
-        0..=1024 => 64,
+        0..=256 => 128,
+        257..=1024 => 64,
         1025..=4096 => 32,
         4097..=8192 => 16,
         _ => 8,
