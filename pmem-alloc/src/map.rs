@@ -137,7 +137,7 @@ pub enum MapError {
     /// Any other OS error, with the operation that failed.
     #[error("{}: {op} failed: {source}", path.display())]
     Io {
-        /// The path ("<anonymous>" for anonymous memory).
+        /// The path (`<anonymous>` for anonymous memory).
         path: PathBuf,
         /// The failing operation (`open`, `mmap`, ...).
         op: &'static str,

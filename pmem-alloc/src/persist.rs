@@ -6,7 +6,7 @@
 //! - on real persistent memory ([`Hardware`] with a CPU flush method),
 //! - on a page-cache mapping ([`Hardware`] with [`FlushMethod::Msync`]),
 //! - as a volatile heap ([`NoPersist`], which compiles to nothing),
-//! - under the crash simulator ([`crate::sim::SimPersist`], feature `crash-sim`).
+//! - under the crash simulator (`SimMedia` in the `sim` module, feature `crash-sim`).
 //!
 //! The contract of the trait is the media model of docs/format.md: data written to a range is
 //! durable once the range has been *flushed* and a *drain* (fence) has followed. A flush alone

@@ -14,6 +14,12 @@
 //! before it relies on the block being kept, and must make an unlink durable before it frees the
 //! block (free, then crash, with the old link still durable would otherwise resurrect a block that
 //! may already have been reused). After a clean [`Pool::close`] the next open skips the scan.
+//!
+//! # Fork
+//! A pool is mapped shared, while the allocator's bookkeeping is private process memory: after
+//! `fork`, parent and child would hand out the same blocks. A child may read an inherited pool,
+//! but must not allocate, free or write in it (as with libpmemobj); open pools in the process
+//! that uses them.
 
 use crate::heap::{
     CheckReport, CoreOptions, HeapCore, HeapCorruption, HeapStats, RebuildReport, Zone,

@@ -21,7 +21,7 @@
 //! out lies in an extent whose durable head entry describes it as handed out. Extent splits write
 //! the tail entry, then the allocated head, then the leading free part, each persisted before the
 //! next; merges are a single 8-byte store. Block-level allocation state is never persisted at run
-//! time: after a crash, [`crate::recovery`] rebuilds it by a reachability scan from the root.
+//! time: after a crash, the `recovery` module rebuilds it by a reachability scan from the root.
 //!
 //! # Locks
 //! Order: bin lock, then extent lock; the thread registry lock is outermost. No lock is held
@@ -1932,7 +1932,7 @@ impl HeapDetail {
     }
 }
 
-/// What [`HeapCore::rebuild`] did.
+/// What the rebuild after an open did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
     /// Live blocks (run blocks and large extents) kept.
