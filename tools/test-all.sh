@@ -27,6 +27,7 @@ phase() { # name, command...
 
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+phase doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # the benchmarks compile and link (with the libpmem peer); the rest is built by the tests
 phase build-benches cargo build -p pmem-benches --all-targets --features libpmem --locked
 phase workspace-tests cargo test --workspace --locked
