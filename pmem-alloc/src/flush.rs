@@ -159,6 +159,16 @@ fn detect() -> CpuFeatures {
 }
 
 impl FlushMethod {
+    /// Every method, strongest write-back first.
+    pub const ALL: [FlushMethod; 6] = [
+        FlushMethod::Clwb,
+        FlushMethod::ClflushOpt,
+        FlushMethod::Clflush,
+        FlushMethod::FenceOnly,
+        FlushMethod::Msync,
+        FlushMethod::None,
+    ];
+
     /// The process-wide method: [`FLUSH_ENV`] if set to a method this CPU supports, otherwise
     /// the best detected one. An invalid override is reported once on stderr and ignored.
     ///
@@ -532,14 +542,7 @@ mod tests {
 
     #[test]
     fn parse_and_display_round_trip() {
-        for m in [
-            FlushMethod::Clwb,
-            FlushMethod::ClflushOpt,
-            FlushMethod::Clflush,
-            FlushMethod::FenceOnly,
-            FlushMethod::Msync,
-            FlushMethod::None,
-        ] {
+        for m in FlushMethod::ALL {
             assert_eq!(m.to_string().parse::<FlushMethod>(), Ok(m));
         }
         assert_eq!("  CLWB ".parse::<FlushMethod>(), Ok(FlushMethod::Clwb));

@@ -380,29 +380,8 @@ impl<P: Persist + 'static> Pool<P> {
         keep: Keep,
     ) -> Result<Self, PoolError> {
         let pages = len / PAGE;
-        let max_pages = mapping
-            .as_ref()
-            .map(|m| m.reserved() / PAGE)
-            .unwrap_or(pages)
-            .max(pages);
         // SAFETY: forwarded from the caller.
-        let core = Box::new(
-            unsafe {
-                HeapCore::new(
-                    base,
-                    max_pages,
-                    persist,
-                    CoreOptions {
-                        punch_bytes: 0,
-                        fd: -1,
-                    },
-                )
-            }
-            .map_err(|source| PoolError::Io {
-                op: "metadata mmap",
-                source,
-            })?,
-        );
+        let core = unsafe { new_core(base, len, mapping.as_ref(), persist) }?;
         let header = PoolHeader {
             magic: POOL_MAGIC,
             major: Le16::new(FORMAT_MAJOR),
@@ -563,29 +542,8 @@ impl<P: Persist + 'static> Pool<P> {
             });
         }
         let pages = pool_size as usize / PAGE;
-        let max_pages = mapping
-            .as_ref()
-            .map(|m| m.reserved() / PAGE)
-            .unwrap_or(pages)
-            .max(len / PAGE);
         // SAFETY: forwarded from the caller.
-        let core = Box::new(
-            unsafe {
-                HeapCore::new(
-                    base,
-                    max_pages,
-                    persist,
-                    CoreOptions {
-                        punch_bytes: 0,
-                        fd: -1,
-                    },
-                )
-            }
-            .map_err(|source| PoolError::Io {
-                op: "metadata mmap",
-                source,
-            })?,
-        );
+        let core = unsafe { new_core(base, len, mapping.as_ref(), persist) }?;
         let mut pool = Pool {
             core,
             base,
@@ -1016,6 +974,30 @@ impl<P: Persist + 'static> Drop for Pool<P> {
     fn drop(&mut self) {
         self.close_inner();
     }
+}
+
+/// The engine over `base..base+len`, with address space for growth up to the mapping's
+/// reservation.
+///
+/// # Safety
+/// As [`Pool::create_in`]: the region stays mapped while the engine lives.
+unsafe fn new_core<P: Persist + 'static>(
+    base: *mut u8,
+    len: usize,
+    mapping: Option<&Mapping>,
+    persist: P,
+) -> Result<Box<HeapCore<P>>, PoolError> {
+    let max_pages = mapping.map_or(0, |m| m.reserved()).max(len) / PAGE;
+    let opts = CoreOptions {
+        punch_bytes: 0,
+        fd: -1,
+    };
+    // SAFETY: forwarded from the caller.
+    let core = unsafe { HeapCore::new(base, max_pages, persist, opts) };
+    core.map(Box::new).map_err(|source| PoolError::Io {
+        op: "metadata mmap",
+        source,
+    })
 }
 
 #[cold]

@@ -9,14 +9,7 @@ use proptest::prelude::*;
 fn policies() -> Vec<Box<dyn Persist>> {
     let f = CpuFeatures::get();
     let mut v: Vec<Box<dyn Persist>> = vec![Box::new(NoPersist)];
-    for m in [
-        FlushMethod::Clwb,
-        FlushMethod::ClflushOpt,
-        FlushMethod::Clflush,
-        FlushMethod::FenceOnly,
-        FlushMethod::Msync,
-        FlushMethod::None,
-    ] {
+    for m in FlushMethod::ALL {
         if f.supports(m) {
             v.push(Box::new(Hardware::new(m)));
         }

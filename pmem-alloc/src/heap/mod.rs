@@ -363,18 +363,6 @@ impl<P: Persist + 'static> HeapCore<P> {
         ex.zones[..ex.nzones].iter().flatten().copied().collect()
     }
 
-    /// Pages covered by zones.
-    #[allow(dead_code)]
-    pub(crate) fn npages(&self) -> usize {
-        let ex = self.extents.lock();
-        ex.zones[..ex.nzones]
-            .iter()
-            .flatten()
-            .map(|z| z.start + z.npages)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Whether `p` points into a zone of this heap.
     #[inline]
     pub fn contains(&self, p: *const u8) -> bool {
@@ -513,12 +501,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             ..z
         });
         // SAFETY: the new pages are inside the reservation; we hold the extent lock.
-        unsafe {
-            self.pm(first).kind = ExtentKind::Large as u8; // placeholder for free_extent_locked
-            self.pm(first).len = add as u32;
-            self.pm(first).head = first as u32;
-            self.free_extent_locked(&mut ex, first, add, true);
-        }
+        unsafe { self.free_extent_locked(&mut ex, first, add, true) };
         true
     }
 
@@ -619,6 +602,27 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
     }
 
+    /// Marks `head..head+len` as an allocated extent in the volatile metadata: the head page
+    /// carries kind, class and length; the last page names the head, so that a neighbour being
+    /// freed never mistakes this extent for a free one (free-extent merging reads the page before
+    /// it). Every path that creates or resizes an allocated extent goes through here.
+    ///
+    /// # Safety
+    /// Extent lock held (or single-threaded open); the pages are inside the reservation.
+    unsafe fn mark_taken(&self, head: usize, len: usize, kind: ExtentKind, class: u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let t = self.pm(head + len - 1);
+            t.kind = kind as u8;
+            t.head = head as u32;
+            let m = self.pm(head);
+            m.kind = kind as u8;
+            m.class = class;
+            m.len = len as u32;
+            m.head = head as u32;
+        }
+    }
+
     /// Allocates `n` pages aligned to `align` pages as an extent of `kind`, persisting the page
     /// map in the split order of the durability invariant. Returns the head page.
     fn alloc_extent(&self, n: usize, align: usize, kind: ExtentKind, class: u8) -> Option<usize> {
@@ -660,15 +664,8 @@ impl<P: Persist + 'static> HeapCore<P> {
                             self.bin_insert(&mut ex, p, a - p, dirty);
                         }
                         let zero = dirty <= a - p;
-                        // the tail page tells a freeing neighbour that this extent is taken
-                        let t = self.pm(a + n - 1);
-                        t.kind = kind as u8;
-                        t.head = a as u32;
+                        self.mark_taken(a, n, kind, class);
                         let m = self.pm(a);
-                        m.kind = kind as u8;
-                        m.class = class;
-                        m.len = n as u32;
-                        m.head = a as u32;
                         m.flags = if zero { F_ZERO } else { 0 };
                         m.next = NIL;
                         m.prev = NIL;
@@ -1158,15 +1155,8 @@ impl<P: Persist + 'static> HeapCore<P> {
             self.pmap_set(&ex, page, ExtentKind::Large, 0, want);
             // SAFETY: lock held; the tail is ours.
             unsafe {
-                self.pm(page).len = want as u32;
-                // the new last page must not look free to a neighbour being freed
-                let t = self.pm(page + want - 1);
-                t.kind = ExtentKind::Large as u8;
-                t.head = page as u32;
+                self.mark_taken(page, want, ExtentKind::Large, 0);
                 ex.large_pages -= have - want;
-                self.pm(page + want).kind = ExtentKind::Large as u8;
-                self.pm(page + want).len = (have - want) as u32;
-                self.pm(page + want).head = (page + want) as u32;
                 self.free_extent_locked(&mut ex, page + want, have - want, false);
             }
             return true;
@@ -1197,14 +1187,9 @@ impl<P: Persist + 'static> HeapCore<P> {
         self.pmap_set(&ex, page, ExtentKind::Large, 0, want);
         // SAFETY: lock held.
         unsafe {
-            self.pm(page).len = want as u32;
-            // the absorbed extent's head and our new last page must not look free any more
-            let h = self.pm(nx);
-            h.kind = ExtentKind::Large as u8;
-            h.head = page as u32;
-            let t = self.pm(page + want - 1);
-            t.kind = ExtentKind::Large as u8;
-            t.head = page as u32;
+            self.mark_taken(page, want, ExtentKind::Large, 0);
+            // the absorbed free head is now an interior page
+            self.pm(nx).kind = ExtentKind::Large as u8;
             if rest > 0 {
                 self.bin_insert(&mut ex, page + want, rest, nd.saturating_sub(want - have));
             }
@@ -1385,10 +1370,10 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     // ------------------------------------------------------------------ open / recovery support
 
-    /// Walks every zone's durable page map and rebuilds the volatile page metadata. Returns the
-    /// extents (head, len, kind, class) in address order. Bins are not touched.
-    pub(crate) fn walk(&self) -> Result<Vec<(usize, usize, ExtentKind, u8)>, HeapCorruption> {
-        let ex = self.extents.lock();
+    /// Decodes and validates every zone's durable page map: each head entry, in address order,
+    /// with the tiling checks (no extent past its zone, the metadata extent exactly at the zone
+    /// start, run lengths matching their class). Reads only.
+    fn durable_tiling(ex: &ExtentState) -> Result<Vec<(usize, PageEntry)>, HeapCorruption> {
         let mut out = Vec::new();
         for (zi, z) in ex.zones[..ex.nzones].iter().flatten().enumerate() {
             let mut rel = 0;
@@ -1398,6 +1383,13 @@ impl<P: Persist + 'static> HeapCore<P> {
                     (*(z.pmap.add(rel) as *const AtomicU64)).load(Ordering::Acquire)
                 });
                 let page = z.start + rel;
+                let bad = |what| {
+                    Err(HeapCorruption::Tiling {
+                        zone: zi,
+                        page,
+                        what,
+                    })
+                };
                 let e = PageEntry::decode(w).map_err(|error| HeapCorruption::Entry {
                     zone: zi,
                     page,
@@ -1405,57 +1397,54 @@ impl<P: Persist + 'static> HeapCore<P> {
                 })?;
                 let len = e.len as usize;
                 if rel + len > z.npages {
-                    return Err(HeapCorruption::Tiling {
-                        zone: zi,
-                        page,
-                        what: "extent runs past the end of its zone",
-                    });
+                    return bad("extent runs past the end of its zone");
                 }
                 if (rel == 0) != (e.kind == ExtentKind::Meta) && z.meta_pages > 0 {
-                    return Err(HeapCorruption::Tiling {
-                        zone: zi,
-                        page,
-                        what: "metadata extent misplaced",
-                    });
+                    return bad("metadata extent misplaced");
                 }
                 if e.kind == ExtentKind::Meta && len != z.meta_pages {
-                    return Err(HeapCorruption::Tiling {
-                        zone: zi,
-                        page,
-                        what: "metadata extent has the wrong length",
-                    });
+                    return bad("metadata extent has the wrong length");
                 }
                 if e.kind == ExtentKind::Run && len != run_pages(e.class as usize) {
-                    return Err(HeapCorruption::Tiling {
-                        zone: zi,
-                        page,
-                        what: "run length does not match its class",
-                    });
+                    return bad("run length does not match its class");
                 }
-                // SAFETY: pages inside the reservation; open is single-threaded.
-                unsafe {
-                    match e.kind {
-                        ExtentKind::Run | ExtentKind::Large | ExtentKind::Meta => {
-                            for i in 0..len {
-                                let m = self.pm(page + i);
-                                m.head = page as u32;
-                                m.kind = e.kind as u8;
-                                m.class = e.class;
-                                m.flags = 0;
-                            }
-                        }
-                        ExtentKind::Free => {
-                            let m = self.pm(page);
-                            m.kind = e.kind as u8;
+                out.push((page, e));
+                rel += len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks every zone's durable page map and rebuilds the volatile page metadata. Returns the
+    /// extents (head, len, kind, class) in address order. Bins are not touched.
+    pub(crate) fn walk(&self) -> Result<Vec<(usize, usize, ExtentKind, u8)>, HeapCorruption> {
+        let ex = self.extents.lock();
+        let tiles = Self::durable_tiling(&ex)?;
+        let mut out = Vec::with_capacity(tiles.len());
+        for (page, e) in tiles {
+            let len = e.len as usize;
+            // SAFETY: pages inside the reservation; open is single-threaded.
+            unsafe {
+                match e.kind {
+                    ExtentKind::Run | ExtentKind::Large | ExtentKind::Meta => {
+                        for i in 0..len {
+                            let m = self.pm(page + i);
                             m.head = page as u32;
+                            m.kind = e.kind as u8;
+                            m.class = e.class;
                             m.flags = 0;
                         }
                     }
-                    self.pm(page).len = len as u32;
+                    ExtentKind::Free => {
+                        let m = self.pm(page);
+                        m.kind = e.kind as u8;
+                        m.head = page as u32;
+                        m.flags = 0;
+                    }
                 }
-                out.push((page, len, e.kind, e.class));
-                rel += len;
+                self.pm(page).len = len as u32;
             }
+            out.push((page, len, e.kind, e.class));
         }
         Ok(out)
     }
@@ -1508,19 +1497,6 @@ impl<P: Persist + 'static> HeapCore<P> {
                 let was = *w & (1 << (idx % 64)) != 0;
                 *w |= 1 << (idx % 64);
                 !was
-            }
-        }
-    }
-
-    /// Whether a block is taken (for tests and checks after open).
-    #[allow(dead_code)]
-    pub(crate) fn is_taken(&self, head: usize, idx: usize) -> bool {
-        // SAFETY: single-threaded inspection after open (callers hold no cache).
-        unsafe {
-            if idx == usize::MAX {
-                self.pm(head).kind == ExtentKind::Large as u8
-            } else {
-                *self.bitmap_words(head).add(idx / 64) & (1 << (idx % 64)) != 0
             }
         }
     }
@@ -1708,36 +1684,8 @@ impl<P: Persist + 'static> HeapCore<P> {
     /// be quiescent (no concurrent allocation); thread caches are flushed first.
     pub fn check(&self) -> Result<CheckReport, HeapCorruption> {
         self.flush_all_caches();
-        let ex_list = {
-            // re-walk the durable page map without disturbing volatile state: decode only
-            let ex = self.extents.lock();
-            let mut v = Vec::new();
-            for (zi, z) in ex.zones[..ex.nzones].iter().flatten().enumerate() {
-                let mut rel = 0;
-                while rel < z.npages {
-                    // SAFETY: inside the zone's page map.
-                    let w = u64::from_le(unsafe {
-                        (*(z.pmap.add(rel) as *const AtomicU64)).load(Ordering::Acquire)
-                    });
-                    let page = z.start + rel;
-                    let e = PageEntry::decode(w).map_err(|error| HeapCorruption::Entry {
-                        zone: zi,
-                        page,
-                        error,
-                    })?;
-                    if rel + e.len as usize > z.npages {
-                        return Err(HeapCorruption::Tiling {
-                            zone: zi,
-                            page,
-                            what: "extent runs past the end of its zone",
-                        });
-                    }
-                    v.push((page, e));
-                    rel += e.len as usize;
-                }
-            }
-            v
-        };
+        // re-read the durable page map without disturbing volatile state
+        let ex_list = Self::durable_tiling(&self.extents.lock())?;
         let mut rep = CheckReport::default();
         let ex = self.extents.lock();
         let mut prev_free_end = usize::MAX;

@@ -122,12 +122,17 @@ pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
 /// Reserves `len` bytes of address space (no access) so a mapping can be placed at an aligned
 /// address inside it.
 pub(crate) fn reserve(len: usize) -> io::Result<*mut u8> {
-    // SAFETY: an anonymous PROT_NONE reservation at a kernel-chosen address has no preconditions.
+    anon(len, libc::PROT_NONE)
+}
+
+/// A private anonymous mapping at a kernel-chosen address, without swap accounting.
+fn anon(len: usize, prot: libc::c_int) -> io::Result<*mut u8> {
+    // SAFETY: a fresh anonymous mapping at a kernel-chosen address has no preconditions.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
-            libc::PROT_NONE,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -283,22 +288,7 @@ pub(crate) fn eadr_in(devices: &Path) -> bool {
 /// Private anonymous memory, reserved without swap accounting and faulted in lazily; copied on
 /// write across fork (so a child's metadata never aliases the parent's).
 pub(crate) fn anon_private(len: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh anonymous mapping at a kernel-chosen address has no preconditions.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(p.cast())
-    }
+    anon(len, libc::PROT_READ | libc::PROT_WRITE)
 }
 
 /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: returns the blocks of `off..off+len` to the file system;

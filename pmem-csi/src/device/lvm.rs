@@ -80,7 +80,9 @@ impl LvmManager {
         Ok(created)
     }
 
-    fn vgs(&self) -> Result<Vec<Vg>> {
+    /// A JSON report command (`vgs`, `lvs`) with byte units, the given columns, restricted to
+    /// the configured volume groups (or to those carrying the driver's tag).
+    fn report(&self, tool: &str, columns: &str) -> Cmd {
         let mut args: Vec<String> = [
             "--reportformat",
             "json",
@@ -88,7 +90,7 @@ impl LvmManager {
             "b",
             "--nosuffix",
             "-o",
-            "vg_name,vg_size,vg_free,vg_extent_size,vg_tags",
+            columns,
         ]
         .map(String::from)
         .to_vec();
@@ -97,27 +99,17 @@ impl LvmManager {
         } else {
             args.extend(self.vgs.iter().cloned());
         }
-        parse_vgs(&self.runner.run_ok(&Cmd::new("vgs", args))?)
+        Cmd::new(tool, args)
+    }
+
+    fn vgs(&self) -> Result<Vec<Vg>> {
+        let cmd = self.report("vgs", "vg_name,vg_size,vg_free,vg_extent_size,vg_tags");
+        parse_vgs(&self.runner.run_ok(&cmd)?)
     }
 
     fn lvs(&self) -> Result<Vec<Lv>> {
-        let mut args: Vec<String> = [
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "lv_name,vg_name,lv_size,lv_path,lv_tags",
-        ]
-        .map(String::from)
-        .to_vec();
-        if self.vgs.is_empty() {
-            args.push(format!("@{TAG}"));
-        } else {
-            args.extend(self.vgs.iter().cloned());
-        }
-        Ok(parse_lvs(&self.runner.run_ok(&Cmd::new("lvs", args))?)?
+        let cmd = self.report("lvs", "lv_name,vg_name,lv_size,lv_path,lv_tags");
+        Ok(parse_lvs(&self.runner.run_ok(&cmd)?)?
             .into_iter()
             .filter(|lv| is_device_name(&lv.name) && lv.tags.iter().any(|t| t == TAG))
             .collect())
