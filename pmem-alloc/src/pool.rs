@@ -767,14 +767,31 @@ impl<P: Persist + 'static> Pool<P> {
         Ok(PPtr::from_offset(p as u64 - self.base as u64))
     }
 
-    /// Allocates a zero-filled `T` (all-zero is valid for every [`PSafe`] type). The zeros are
-    /// *not* persisted: persist the object after initialising it, before linking it.
+    /// Allocates a zero-filled `T` (all-zero is valid for every [`PSafe`] type). The whole block
+    /// is cleared, the slack of its size class included, so no stale tagged word from a previous
+    /// owner can keep a dead block alive through the recovery scan. The zeros are *not*
+    /// persisted: persist the object after initialising it, before linking it.
     pub fn alloc_zeroed<T: PSafe>(&self) -> Result<PPtr<T>, PoolError> {
-        let size = std::mem::size_of::<T>().max(1);
-        let p = self.core.alloc_zeroed(size, std::mem::align_of::<T>());
+        self.zeroed(std::mem::size_of::<T>().max(1), std::mem::align_of::<T>())
+            .map(PPtr::cast)
+    }
+
+    /// Allocates `size` bytes (16-byte aligned), the whole block zero-filled as in
+    /// [`Pool::alloc_zeroed`]: the allocation to use for variable-size objects that hold links.
+    pub fn alloc_zeroed_bytes(&self, size: usize) -> Result<PPtr<u8>, PoolError> {
+        if size > isize::MAX as usize {
+            return Err(bad_layout(size));
+        }
+        self.zeroed(size.max(1), 16)
+    }
+
+    fn zeroed(&self, size: usize, align: usize) -> Result<PPtr<u8>, PoolError> {
+        let p = self.core.alloc(size, align);
         if p.is_null() {
             return Err(PoolError::OutOfSpace);
         }
+        // SAFETY: `p` is a fresh block of this pool; its usable size is the class (or extent) size.
+        unsafe { std::ptr::write_bytes(p, 0, self.core.usable_size(p)) };
         Ok(PPtr::from_offset(p as u64 - self.base as u64))
     }
 

@@ -62,7 +62,7 @@ fn workload(seed: u64, ops: usize) -> (pmem_alloc::sim::Recording, usize) {
             } else {
                 rng.gen_range(0..600)
             };
-            let Ok(raw) = pool.alloc(HDR + len) else {
+            let Ok(raw) = pool.alloc_zeroed_bytes(HDR + len) else {
                 continue;
             };
             let n = raw.cast::<Node>();

@@ -88,7 +88,7 @@ fn child(path: &str) {
                         let head = (*r).heads[l];
                         if head.is_null() || rng.gen_bool(0.65) {
                             let len = rng.gen_range(0..3000usize);
-                            let Ok(p) = pool.alloc(HDR + len) else {
+                            let Ok(p) = pool.alloc_zeroed_bytes(HDR + len) else {
                                 continue;
                             };
                             let n = p.cast::<Node>();
