@@ -10,10 +10,12 @@ pkgs=(
     qemu-system-x86 busybox-static cpio kmod ndctl daxctl e2fsprogs xfsprogs lvm2
     # test helpers; libpmem for building the benchmark peer
     util-linux procps libpmem-dev
+    # the programs the example cache and the preload library are tested with, and valgrind
+    memcached libmemcached-tools redis-server redis-tools valgrind
 )
 if [ "${1:-}" = "--bench" ]; then
     pkgs+=(libpmem-dev libpmem2-dev libpmemobj-dev pmdk-tools libmemkind-dev libjemalloc-dev
-           libmimalloc-dev memcached libmemcached-tools redis-server redis-tools)
+           libmimalloc-dev)
 fi
 need=()
 for p in "${pkgs[@]}"; do
