@@ -9,7 +9,7 @@ pub mod map;
 pub mod persist;
 pub mod pool;
 pub mod pptr;
-mod recovery;
+pub mod recovery;
 #[cfg(feature = "crash-sim")]
 pub mod sim;
 pub mod size_class;

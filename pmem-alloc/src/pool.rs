@@ -156,6 +156,9 @@ pub struct PoolOptions {
     pub max_size: u64,
     /// Refuse page-cache mappings (require `MAP_SYNC` or device DAX).
     pub require_dax: bool,
+    /// A typed recovery tracer replacing the conservative scan (see
+    /// [`crate::recovery::TraceFn`]); `None` (the default) scans conservatively.
+    pub trace: Option<crate::recovery::TraceFn>,
 }
 
 impl Default for PoolOptions {
@@ -164,6 +167,7 @@ impl Default for PoolOptions {
             layout: String::new(),
             max_size: 64 << 30,
             require_dax: false,
+            trace: None,
         }
     }
 }
@@ -320,7 +324,7 @@ impl Pool<Hardware> {
         let (base, len) = (m.as_ptr(), m.len());
         let layout = layout_name(&opts.layout)?;
         // SAFETY: as in `create`.
-        unsafe { Self::open_in(base, len, persist, layout, Some(m), None) }
+        unsafe { Self::open_in(base, len, persist, layout, opts.trace, Some(m), None) }
     }
 }
 
@@ -355,10 +359,18 @@ impl Pool<std::sync::Arc<crate::sim::SimMedia>> {
 
     /// Opens a pool on simulated media (typically [`crate::sim::SimMedia::from_image`]).
     pub fn open_sim(media: std::sync::Arc<crate::sim::SimMedia>) -> Result<Self, PoolError> {
+        Self::open_sim_traced(media, None)
+    }
+
+    /// Opens a pool on simulated media with an optional typed recovery tracer.
+    pub fn open_sim_traced(
+        media: std::sync::Arc<crate::sim::SimMedia>,
+        trace: Option<crate::recovery::TraceFn>,
+    ) -> Result<Self, PoolError> {
         let (base, len) = (media.base(), media.len());
         let keep: Keep = Some(Box::new(media.clone()));
         // SAFETY: as above.
-        unsafe { Self::open_in(base, len, media, [0; 32], None, keep) }
+        unsafe { Self::open_in(base, len, media, [0; 32], trace, None, keep) }
     }
 }
 
@@ -510,6 +522,7 @@ impl<P: Persist + 'static> Pool<P> {
         len: usize,
         persist: P,
         layout: [u8; 32],
+        trace: Option<crate::recovery::TraceFn>,
         mapping: Option<Mapping>,
         keep: Keep,
     ) -> Result<Self, PoolError> {
@@ -633,11 +646,11 @@ impl<P: Persist + 'static> Pool<P> {
         } else {
             pool.core.clear_marks(&extents);
             report.recovered = true;
-            report.reachable = crate::recovery::mark_from_root(
-                &pool.core,
-                pool_size as usize,
-                slot.root_off.get(),
-            );
+            let root = slot.root_off.get();
+            report.reachable = match trace {
+                Some(f) => crate::recovery::mark_typed(&pool.core, pool_size as usize, root, f),
+                None => crate::recovery::mark_from_root(&pool.core, pool_size as usize, root),
+            };
         }
         report.rebuild = pool.core.rebuild(&extents, report.recovered);
         // the root must be a block start
