@@ -9,8 +9,10 @@
 //!
 //! Memory freed in large extents is returned to the file system (hole punching) so the file does
 //! not only grow; those pages read back as zeros, which zeroed allocations use without writing.
-//! After `fork` the child remaps a file-backed heap copy-on-write, so it can keep allocating and
-//! writing without touching the parent's memory.
+//! On `fork` a file-backed heap is copied (while the allocator is quiescent, in the prepare
+//! handler) into a memfd that the child maps in its place: the child keeps allocating, writing
+//! and returning pages without touching the parent's file, and it sees the heap as it was at the
+//! fork, not the parent's later writes. The copy costs one pass over the mapped heap per fork.
 
 use crate::heap::{AnonRegion, CoreOptions, HeapCore, HeapStats, Zone};
 use crate::map::{MapOptions, Mapping};
@@ -284,7 +286,7 @@ impl VolatileHeap {
             fd,
             device,
         };
-        crate::heap::register_fork_region(heap.base, heap.reserved, heap.fd);
+        crate::heap::register_fork_region(heap.base, heap.reserved, heap.fd, size as usize);
         heap.core.register();
         Ok(heap)
     }
@@ -337,6 +339,8 @@ impl VolatileHeap {
             }
             let new = m.len();
             drop(region);
+            // the fork snapshot covers the new part too
+            crate::heap::register_fork_region(self.base, self.reserved, self.fd, new);
             if !self.core.extend_last_zone(new / PAGE) {
                 return false;
             }

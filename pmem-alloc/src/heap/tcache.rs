@@ -227,12 +227,16 @@ pub(crate) fn unregister_heap(addr: usize) {
 
 // ---------------------------------------------------------------------------------- fork
 
-/// A file-backed volatile heap region: the fork child remaps it copy-on-write.
+/// A file-backed volatile heap region: the fork child gets a private copy of it.
 #[derive(Clone, Copy)]
 struct ForkRegion {
     base: usize,
     len: usize,
     fd: i32,
+    /// Bytes from `base` currently mapped from the file (grows with the heap).
+    mapped: usize,
+    /// During a fork: a memfd holding a copy of the mapped bytes, taken before the fork (-1: none).
+    copy: i32,
 }
 
 static FORK_REGIONS: Locked<[Option<ForkRegion>; MAX_HEAPS]> = Locked::new_const([None; MAX_HEAPS]);
@@ -255,19 +259,26 @@ fn install_atfork() {
     });
 }
 
-/// Registers a file-backed heap region (`fd >= 0`) for the fork child's copy-on-write remap, and
-/// installs the fork handlers.
-pub(crate) fn register_fork_region(base: *mut u8, len: usize, fd: i32) {
+/// Registers a file-backed heap region (`fd >= 0`, `mapped` bytes mapped from the file) for the
+/// fork child's private copy, and installs the fork handlers. Registering a region again (same
+/// `base`) updates its mapped size after growth.
+pub(crate) fn register_fork_region(base: *mut u8, len: usize, fd: i32, mapped: usize) {
     install_atfork();
     if fd < 0 {
         return;
     }
     let mut r = FORK_REGIONS.lock();
+    if let Some(f) = r.iter_mut().flatten().find(|f| f.base == base as usize) {
+        f.mapped = mapped.min(f.len);
+        return;
+    }
     if let Some(slot) = r.iter_mut().find(|e| e.is_none()) {
         *slot = Some(ForkRegion {
             base: base as usize,
             len,
             fd,
+            mapped: mapped.min(len),
+            copy: -1,
         });
     }
 }
@@ -282,6 +293,40 @@ pub(crate) fn unregister_fork_region(base: *mut u8) {
     }
 }
 
+/// Copies `len` bytes at `base` into a new memfd (for the fork child); -1 on failure.
+///
+/// # Safety
+/// `base..base+len` is mapped and readable.
+unsafe fn copy_to_memfd(base: usize, len: usize) -> i32 {
+    // SAFETY: plain syscalls on a fresh descriptor and a fresh private mapping of it; the source
+    // range is readable per the contract.
+    unsafe {
+        let fd = libc::memfd_create(c"pmem-heap-fork".as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            return -1;
+        }
+        if libc::ftruncate(fd, len as libc::off_t) != 0 {
+            libc::close(fd);
+            return -1;
+        }
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            libc::close(fd);
+            return -1;
+        }
+        std::ptr::copy_nonoverlapping(base as *const u8, p.cast::<u8>(), len);
+        libc::munmap(p, len);
+        fd
+    }
+}
+
 extern "C" fn fork_prepare() {
     // Lock order: regions, heap registry, ids, then every heap's bins and extents, so that no
     // lock is held by a thread that does not exist in the child.
@@ -293,12 +338,23 @@ extern "C" fn fork_prepare() {
         for e in (*HEAPS.data_ptr()).iter().flatten() {
             (e.1.lock_all)(e.0);
         }
+        // Snapshot every file-backed heap now, while its allocator is quiescent: after the fork
+        // the parent goes on writing the shared file, and the child must not see that.
+        for r in (*FORK_REGIONS.data_ptr()).iter_mut().flatten() {
+            r.copy = copy_to_memfd(r.base, r.mapped);
+        }
     }
 }
 
 fn release_all() {
     // SAFETY: the prepare handler took every lock released here, in this process.
     unsafe {
+        for r in (*FORK_REGIONS.data_ptr()).iter_mut().flatten() {
+            if r.copy >= 0 {
+                libc::close(r.copy);
+                r.copy = -1;
+            }
+        }
         for e in (*HEAPS.data_ptr()).iter().flatten() {
             (e.1.unlock_all)(e.0);
         }
@@ -317,11 +373,28 @@ extern "C" fn fork_child() {
     // SAFETY: the child is single-threaded here and the prepare handler holds the region lock.
     unsafe {
         for r in (*FORK_REGIONS.data_ptr()).iter().flatten() {
-            // Copy-on-write view of the file at the same address: the child's writes stay in the
-            // child. (It still sees pages the parent changes later until it writes them itself.)
+            if r.copy >= 0 {
+                // The child's heap becomes the snapshot taken before the fork, in a memfd that
+                // takes the heap file's descriptor number, so that the engine's hole punching
+                // (which zeroes free pages) acts on the child's copy, never on the parent's file.
+                let p = libc::mmap(
+                    r.base as *mut libc::c_void,
+                    r.mapped,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    r.copy,
+                    0,
+                );
+                if p != libc::MAP_FAILED && libc::dup3(r.copy, r.fd, libc::O_CLOEXEC) == r.fd {
+                    continue;
+                }
+            }
+            // No copy: a copy-on-write view of the file at the same address (the child's writes
+            // stay in the child, but it sees pages the parent changes later until it writes
+            // them itself).
             libc::mmap(
                 r.base as *mut libc::c_void,
-                r.len,
+                r.mapped,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED,
                 r.fd,
