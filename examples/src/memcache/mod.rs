@@ -5,5 +5,9 @@
 //! [`proto`] (text and meta protocol parser), [`exec`] (command execution against a store),
 //! [`server`] (the TCP server). See docs/memcached.md.
 
+pub mod exec;
+pub mod memstore;
+pub mod proto;
 pub mod pstore;
+pub mod server;
 pub mod store;
