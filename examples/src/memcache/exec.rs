@@ -597,8 +597,17 @@ fn meta_set(store: &dyn CacheStore, m: Meta<'_>, data: &[u8], now: u64, out: &mu
                 push_u64(out, new_cas);
             }
             b's' => {
+                // The final size (append/prepend make it larger than the data).
+                let mut size = data.len() as u64;
+                if matches!(mode, SetMode::Append | SetMode::Prepend) && new_cas != 0 {
+                    let o = GetOpts {
+                        touch: None,
+                        peek: true,
+                    };
+                    store.get(&m.key, o, &mut |_, v| size = v.len() as u64);
+                }
                 out.extend_from_slice(b" s");
-                push_u64(out, data.len() as u64);
+                push_u64(out, size);
             }
             _ => {}
         }
@@ -817,4 +826,469 @@ fn stats(store: &dyn CacheStore, info: &ServerInfo, group: Option<&[u8]>, out: &
         Some(_) => return line(out, "ERROR"),
     }
     out.extend_from_slice(b"END\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memcache::memstore::MemStore;
+    use proptest::prelude::*;
+
+    fn new_store() -> MemStore {
+        MemStore::new(1024 * 1024, 64 << 20)
+    }
+
+    /// Feeds `input` whole; returns the replies and the final flow.
+    fn run_flow(store: &MemStore, info: &ServerInfo, input: &[u8]) -> (String, Flow) {
+        let mut p = Parser::new(store.item_size_max());
+        let mut out = Vec::new();
+        let (_, flow) = process(&mut p, store, info, input, &mut out);
+        (String::from_utf8_lossy(&out).into_owned(), flow)
+    }
+
+    fn run(store: &MemStore, input: &str) -> String {
+        run_flow(store, &ServerInfo::for_tests(), input.as_bytes()).0
+    }
+
+    /// Feeds `input` in chunks ending at `cuts`, like a connection reading pieces.
+    fn run_split(store: &MemStore, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Flow) {
+        let info = ServerInfo::for_tests();
+        let mut p = Parser::new(store.item_size_max());
+        let mut rbuf = Vec::new();
+        let mut out = Vec::new();
+        let mut last = 0;
+        let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+        ends.sort_unstable();
+        ends.push(input.len());
+        for end in ends {
+            if end < last {
+                continue;
+            }
+            rbuf.extend_from_slice(&input[last..end]);
+            last = end;
+            let (used, flow) = process(&mut p, store, &info, &rbuf, &mut out);
+            rbuf.drain(..used);
+            if flow != Flow::Continue {
+                return (out, flow);
+            }
+        }
+        (out, Flow::Continue)
+    }
+
+    #[test]
+    fn storage_commands() {
+        let s = new_store();
+        assert_eq!(run(&s, "set a 5 0 3\r\nabc\r\n"), "STORED\r\n");
+        assert_eq!(run(&s, "get a\r\n"), "VALUE a 5 3\r\nabc\r\nEND\r\n");
+        assert_eq!(run(&s, "gets a\r\n"), "VALUE a 5 3 1\r\nabc\r\nEND\r\n");
+        assert_eq!(run(&s, "add a 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+        assert_eq!(run(&s, "add b 0 0 1\r\nx\r\n"), "STORED\r\n");
+        assert_eq!(run(&s, "replace c 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+        assert_eq!(run(&s, "replace b 0 0 1\r\ny\r\n"), "STORED\r\n");
+        assert_eq!(run(&s, "append a 9 0 2\r\nde\r\n"), "STORED\r\n");
+        assert_eq!(run(&s, "prepend a 9 0 2\r\n__\r\n"), "STORED\r\n");
+        assert_eq!(run(&s, "append zz 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+        assert_eq!(
+            run(&s, "gets a b zz\r\n"),
+            "VALUE a 5 7 5\r\n__abcde\r\nVALUE b 0 1 3\r\ny\r\nEND\r\n"
+        );
+        assert_eq!(run(&s, "cas a 1 0 1 4\r\nz\r\n"), "EXISTS\r\n");
+        assert_eq!(run(&s, "cas nope 1 0 1 4\r\nz\r\n"), "NOT_FOUND\r\n");
+        assert_eq!(run(&s, "cas a 1 0 1 5\r\nz\r\n"), "STORED\r\n");
+        assert_eq!(
+            run(&s, "set a 0 0 1 noreply\r\nq\r\nget a\r\n"),
+            "VALUE a 0 1\r\nq\r\nEND\r\n"
+        );
+        assert_eq!(run(&s, "set bin 0 0 4\r\n\0\r\n\x7f\r\n"), "STORED\r\n");
+        let c = s.counters();
+        assert_eq!(
+            (
+                c.get(Ctr::CasHits),
+                c.get(Ctr::CasBadval),
+                c.get(Ctr::CasMisses)
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn eight_bit_values() {
+        let s = new_store();
+        let info = ServerInfo::for_tests();
+        let mut input = b"set k 0 0 256\r\n".to_vec();
+        input.extend((0..=255u8).collect::<Vec<_>>());
+        input.extend_from_slice(b"\r\nget k\r\n");
+        let mut p = Parser::new(s.item_size_max());
+        let mut out = Vec::new();
+        process(&mut p, &s, &info, &input, &mut out);
+        let mut want = b"STORED\r\nVALUE k 0 256\r\n".to_vec();
+        want.extend((0..=255u8).collect::<Vec<_>>());
+        want.extend_from_slice(b"\r\nEND\r\n");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn other_commands() {
+        let s = new_store();
+        assert_eq!(run(&s, "delete a\r\n"), "NOT_FOUND\r\n");
+        run(&s, "set a 0 0 2\r\n10\r\n");
+        assert_eq!(run(&s, "incr a 5\r\n"), "15\r\n");
+        assert_eq!(run(&s, "decr a 100\r\n"), "0\r\n");
+        assert_eq!(run(&s, "get a\r\n"), "VALUE a 0 2\r\n0 \r\nEND\r\n");
+        assert_eq!(
+            run(&s, "incr a 18446744073709551615\r\n"),
+            "18446744073709551615\r\n"
+        );
+        assert_eq!(run(&s, "incr a 2\r\n"), "1\r\n");
+        assert_eq!(run(&s, "incr a 1 noreply\r\n"), "");
+        assert_eq!(run(&s, "incr nope 1\r\n"), "NOT_FOUND\r\n");
+        assert_eq!(run(&s, "incr a x\r\n"), format!("{}\r\n", err::BAD_DELTA));
+        run(&s, "set t 0 0 2\r\nhi\r\n");
+        assert_eq!(run(&s, "incr t 1\r\n"), format!("{}\r\n", err::NON_NUMERIC));
+        assert_eq!(run(&s, "touch t 100\r\n"), "TOUCHED\r\n");
+        assert_eq!(run(&s, "touch nope 100\r\n"), "NOT_FOUND\r\n");
+        assert_eq!(
+            run(&s, "gat 100 t nope\r\n"),
+            "VALUE t 0 2\r\nhi\r\nEND\r\n"
+        );
+        assert!(run(&s, "gats 0 t\r\n").starts_with("VALUE t 0 2 "));
+        assert_eq!(run(&s, "gat -1 t\r\n"), "VALUE t 0 2\r\nhi\r\nEND\r\n");
+        assert_eq!(run(&s, "get t\r\n"), "END\r\n");
+        assert_eq!(run(&s, "delete a\r\n"), "DELETED\r\n");
+        assert_eq!(run(&s, "delete a noreply\r\n"), "");
+        assert_eq!(run(&s, "delete a 0\r\n"), "NOT_FOUND\r\n");
+        assert_eq!(
+            run(&s, "delete a 1\r\n"),
+            format!("{}\r\n", err::DELETE_USAGE)
+        );
+        assert_eq!(run(&s, "version\r\n"), format!("VERSION {VERSION}\r\n"));
+        assert_eq!(run(&s, "verbosity 1\r\n"), "OK\r\n");
+        assert_eq!(run(&s, "verbosity 1 noreply\r\n"), "");
+        assert_eq!(run(&s, "verbosity\r\n"), "ERROR\r\n");
+        assert_eq!(
+            run(&s, "verbosity x\r\n"),
+            format!("{}\r\n", err::BAD_FORMAT)
+        );
+        run(&s, "set f 0 0 1\r\nx\r\n");
+        assert_eq!(run(&s, "flush_all\r\nget f\r\n"), "OK\r\nEND\r\n");
+        assert_eq!(run(&s, "flush_all 0 noreply\r\n"), "");
+        assert_eq!(run(&s, "flush_all noreply\r\n"), "");
+        assert_eq!(
+            run(&s, "flush_all x\r\n"),
+            format!("{}\r\n", err::BAD_EXPTIME)
+        );
+        run(&s, "set f 0 0 1\r\nx\r\n");
+        assert_eq!(
+            run(&s, "flush_all 100\r\nget f\r\n"),
+            "OK\r\nVALUE f 0 1\r\nx\r\nEND\r\n"
+        );
+        assert_eq!(run(&s, "bogus\r\n"), "ERROR\r\n");
+        assert_eq!(run(&s, "touch t\r\n"), "ERROR\r\n");
+        assert_eq!(
+            run(&s, "touch t x\r\n"),
+            format!("{}\r\n", err::BAD_EXPTIME)
+        );
+        let long = "k".repeat(251);
+        assert_eq!(
+            run(&s, &format!("set {long} 0 0 1\r\nx\r\n")),
+            "CLIENT_ERROR bad command line format\r\nERROR\r\n"
+        );
+        assert_eq!(
+            run(&s, &format!("get a {long}\r\n")),
+            format!("{}\r\n", err::BAD_FORMAT)
+        );
+        assert_eq!(
+            run(&s, "set k 0 0 1\r\nxy\r\n"),
+            format!("{}\r\nERROR\r\n", err::BAD_CHUNK)
+        );
+    }
+
+    #[test]
+    fn flows() {
+        let s = new_store();
+        let mut info = ServerInfo::for_tests();
+        assert_eq!(
+            run_flow(&s, &info, b"shutdown\r\n"),
+            (format!("{}\r\n", err::SHUTDOWN_DISABLED), Flow::Continue)
+        );
+        info.shutdown_enabled = true;
+        assert_eq!(
+            run_flow(&s, &info, b"shutdown bogus\r\n").0,
+            format!("{}\r\n", err::SHUTDOWN_MODE)
+        );
+        assert_eq!(
+            run_flow(&s, &info, b"version\r\nshutdown\r\nversion\r\n"),
+            (format!("VERSION {VERSION}\r\n"), Flow::Shutdown)
+        );
+        assert_eq!(
+            run_flow(&s, &info, b"shutdown graceful\r\n").1,
+            Flow::Shutdown
+        );
+        assert_eq!(
+            run_flow(&s, &info, b"quit\r\nversion\r\n"),
+            (String::new(), Flow::Close)
+        );
+        let long = vec![b'x'; 5000];
+        assert_eq!(
+            run_flow(&s, &info, &long),
+            (format!("{}\r\n", err::LINE_TOO_LONG), Flow::Close)
+        );
+    }
+
+    #[test]
+    fn too_large() {
+        let s = MemStore::new(1024, 1 << 20);
+        run(&s, "set k 0 0 1\r\nx\r\n");
+        let big = "y".repeat(2000);
+        assert_eq!(
+            run(&s, &format!("set k 0 0 2000\r\n{big}\r\nget k\r\n")),
+            format!("{}\r\nEND\r\n", err::TOO_LARGE)
+        );
+        assert_eq!(
+            run(&s, &format!("set k 0 0 2000 noreply\r\n{big}\r\nmn\r\n")),
+            "MN\r\n"
+        );
+        assert_eq!(
+            run(&s, &format!("ms k 2000 q\r\n{big}\r\nmn\r\n")),
+            format!("{}\r\nMN\r\n", err::TOO_LARGE)
+        );
+        // A huge declared length is refused without reading it.
+        let (out, _) = run_split(&s, b"set k 0 0 2000000000\r\nabc", &[]);
+        assert_eq!(out, format!("{}\r\n", err::TOO_LARGE).as_bytes());
+        // Just under the limit: key 1 + value + 52 = 1024.
+        let v = "z".repeat(1024 - 53);
+        assert_eq!(
+            run(&s, &format!("set k 0 0 {}\r\n{v}\r\n", v.len())),
+            "STORED\r\n"
+        );
+        let v = "z".repeat(1024 - 52);
+        assert_eq!(
+            run(&s, &format!("set k 0 0 {}\r\n{v}\r\n", v.len())),
+            format!("{}\r\n", err::TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn stats_output() {
+        let s = new_store();
+        run(&s, "set a 0 0 1\r\nx\r\nget a b\r\n");
+        let out = run(&s, "stats\r\n");
+        for want in [
+            "STAT pid ",
+            "STAT uptime ",
+            "STAT time ",
+            "STAT version 1.6",
+            "STAT curr_connections ",
+            "STAT threads 4",
+            "STAT curr_items 1",
+            "STAT bytes 54",
+            "STAT limit_maxbytes 67108864",
+            "STAT cmd_get 2",
+            "STAT get_hits 1",
+            "STAT get_misses 1",
+            "STAT cmd_set 1",
+            "STAT hash_bytes ",
+            "STAT total_items 1",
+        ] {
+            assert!(out.contains(want), "{want} missing in {out}");
+        }
+        assert!(out.ends_with("END\r\n"));
+        assert!(out.lines().all(|l| l == "END" || l.starts_with("STAT ")));
+        assert_eq!(run(&s, "stats reset\r\n"), "RESET\r\n");
+        assert!(run(&s, "stats\r\n").contains("STAT cmd_get 0\r\n"));
+        assert!(run(&s, "stats settings\r\n").contains("STAT item_size_max 1048576\r\n"));
+        assert!(run(&s, "stats items\r\n").contains("STAT items:1:number 1\r\n"));
+        assert!(run(&s, "stats slabs\r\n").ends_with("END\r\n"));
+        assert_eq!(run(&s, "stats bogus\r\n"), "ERROR\r\n");
+    }
+
+    #[test]
+    fn meta_commands() {
+        let s = new_store();
+        assert_eq!(run(&s, "mn\r\n"), "MN\r\n");
+        assert_eq!(
+            run(&s, "ms foo 2 c k O1 F3 T0\r\nhi\r\n"),
+            "HD c1 kfoo O1\r\n"
+        );
+        assert_eq!(
+            run(&s, "mg foo v s f c k O2 q\r\n"),
+            "VA 2 s2 f3 c1 kfoo O2\r\nhi\r\n"
+        );
+        assert_eq!(run(&s, "mg foo\r\n"), "HD\r\n");
+        assert_eq!(run(&s, "mg foo h t\r\n"), "HD h1 t-1\r\n");
+        assert_eq!(run(&s, "mg miss v k O9\r\n"), "EN kmiss O9\r\n");
+        assert_eq!(run(&s, "mg miss v q\r\nmn\r\n"), "MN\r\n");
+        assert_eq!(run(&s, "mg Zm9v b k v\r\n"), "VA 2 kZm9v b\r\nhi\r\n");
+        assert_eq!(run(&s, "mg viv N30 c v\r\n"), "VA 0 c2 W\r\n\r\n");
+        assert_eq!(run(&s, "mg viv N30 s\r\n"), "HD s0\r\n");
+        assert_eq!(run(&s, "ms foo 1 q\r\nx\r\nmn\r\n"), "MN\r\n");
+        assert_eq!(run(&s, "ms foo 1 C1\r\nx\r\n"), "EX\r\n");
+        assert_eq!(run(&s, "ms new 1 C1\r\nx\r\n"), "NF\r\n");
+        assert_eq!(run(&s, "ms foo 1 ME\r\nx\r\n"), "NS\r\n");
+        assert_eq!(
+            run(&s, "ms foo 1 MA\r\ny\r\nmg foo v\r\n"),
+            "HD\r\nVA 2\r\nxy\r\n"
+        );
+        assert_eq!(run(&s, "ms foo 1 MP s\r\nw\r\n"), "HD s3\r\n");
+        assert_eq!(run(&s, "ms app 1 MA\r\ny\r\n"), "NS\r\n");
+        assert_eq!(
+            run(&s, "ms app 1 MA N0\r\ny\r\nmg app v\r\n"),
+            "HD\r\nVA 1\r\ny\r\n"
+        );
+        assert_eq!(run(&s, "ms rep 1 MR\r\ny\r\n"), "NS\r\n");
+        assert_eq!(
+            run(&s, "ms foo 1 MX\r\ny\r\nmn\r\n"),
+            format!("{}\r\nMN\r\n", err::BAD_MS_MODE)
+        );
+        assert_eq!(
+            run(&s, "ms foo 2\r\nabc\r\n"),
+            format!("{}\r\nERROR\r\n", err::BAD_CHUNK)
+        );
+        assert_eq!(run(&s, "ms foo\r\n"), format!("{}\r\n", err::BAD_FORMAT));
+        assert_eq!(run(&s, "ms foo x\r\n"), format!("{}\r\n", err::BAD_FORMAT));
+        assert_eq!(
+            run(&s, "md foo q\r\nmd foo\r\nmd foo q\r\n"),
+            "NF\r\nNF\r\n"
+        );
+        run(&s, "ms foo 1\r\nx\r\n");
+        assert_eq!(run(&s, "md foo C1 k O5\r\n"), "EX kfoo O5\r\n");
+        assert_eq!(run(&s, "md foo k\r\n"), "HD kfoo\r\n");
+        assert_eq!(
+            run(&s, "md foo v v\r\n"),
+            format!("{}\r\n", err::INVALID_OR_DUP)
+        );
+        assert_eq!(run(&s, "ma cnt\r\n"), "NF\r\n");
+        assert_eq!(run(&s, "ma cnt N0 J10 v\r\n"), "VA 2\r\n10\r\n");
+        assert_eq!(run(&s, "ma cnt v D5\r\n"), "VA 2\r\n15\r\n");
+        assert_eq!(run(&s, "ma cnt MD D20 v t\r\n"), "VA 1 t-1\r\n0\r\n");
+        assert_eq!(run(&s, "ma cnt q\r\nmn\r\n"), "MN\r\n");
+        assert_eq!(run(&s, "ma cnt C1 O1\r\n"), "EX O1\r\n");
+        assert_eq!(
+            run(&s, "ma cnt MX\r\n"),
+            format!("{}\r\n", err::BAD_MA_MODE)
+        );
+        assert_eq!(
+            run(&s, "ma cnt Dx\r\n"),
+            format!("{}\r\n", err::INVALID_OR_DUP)
+        );
+        assert_eq!(run(&s, "ma app\r\n"), format!("{}\r\n", err::NON_NUMERIC));
+        let me = run(&s, "me app\r\n");
+        assert!(
+            me.starts_with("ME app exp=-1 la=") && me.contains(" fetch=yes cls=1 size=56\r\n"),
+            "{me}"
+        );
+        assert_eq!(run(&s, "me nope\r\n"), "EN\r\n");
+        assert_eq!(run(&s, "mg\r\n"), "ERROR\r\n");
+        assert_eq!(run(&s, "mz foo\r\n"), "ERROR\r\n");
+        assert_eq!(
+            run(&s, "mg foo O123456789012345678901234567890123\r\n"),
+            format!("{}\r\n", err::OPAQUE_TOO_LONG)
+        );
+        let many = " v".repeat(0) + &(0..20).map(|i| format!(" O{i}")).collect::<String>();
+        assert_eq!(
+            run(&s, &format!("mg foo{many}\r\n")),
+            format!("{}\r\n", err::MG_TOO_MANY)
+        );
+        assert_eq!(run(&s, "mg !!! b\r\n"), format!("{}\r\n", err::BAD_KEY_B64));
+    }
+
+    fn command() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop::sample::select(vec!["a", "b", "c", "n", "Zm9v"]);
+        let val = prop::collection::vec(any::<u8>(), 0..20);
+        prop_oneof![
+            (
+                key.clone(),
+                val.clone(),
+                prop::sample::select(vec!["set", "add", "replace", "append", "prepend"]),
+                any::<bool>()
+            )
+                .prop_map(|(k, v, c, nr)| {
+                    let mut s = format!(
+                        "{c} {k} 7 0 {}{}\r\n",
+                        v.len(),
+                        if nr { " noreply" } else { "" }
+                    )
+                    .into_bytes();
+                    s.extend(v);
+                    s.extend_from_slice(b"\r\n");
+                    s
+                }),
+            (key.clone(), 0..6u64)
+                .prop_map(|(k, c)| format!("cas {k} 0 0 1 {c}\r\nz\r\n").into_bytes()),
+            (key.clone(), key.clone()).prop_map(|(a, b)| format!("gets {a} {b}\r\n").into_bytes()),
+            key.clone()
+                .prop_map(|k| format!("get {k}\r\n").into_bytes()),
+            key.clone()
+                .prop_map(|k| format!("delete {k}\r\n").into_bytes()),
+            (key.clone(), any::<bool>(), any::<u64>()).prop_map(|(k, i, d)| format!(
+                "{} {k} {d}\r\n",
+                if i { "incr" } else { "decr" }
+            )
+            .into_bytes()),
+            key.clone()
+                .prop_map(|k| format!("set {k} 0 0 2\r\n42\r\n").into_bytes()),
+            key.clone()
+                .prop_map(|k| format!("touch {k} 1000\r\n").into_bytes()),
+            key.clone()
+                .prop_map(|k| format!("mg {k} v c f k s q O1\r\n").into_bytes()),
+            key.clone()
+                .prop_map(|k| format!("mg {k} b k v\r\n").into_bytes()),
+            (key.clone(), val).prop_map(|(k, v)| {
+                let mut s = format!("ms {k} {} c MA N0\r\n", v.len()).into_bytes();
+                s.extend(v);
+                s.extend_from_slice(b"\r\n");
+                s
+            }),
+            key.clone()
+                .prop_map(|k| format!("md {k} q k\r\n").into_bytes()),
+            key.prop_map(|k| format!("ma {k} N0 J7 v c\r\n").into_bytes()),
+            Just(b"mn\r\n".to_vec()),
+            Just(b"version\r\n".to_vec()),
+            Just(b"flush_all\r\n".to_vec()),
+            Just({
+                let mut v = b"set big 0 0 5000\r\n".to_vec();
+                v.resize(v.len() + 5000, b'x');
+                v.extend_from_slice(b"\r\nms big 5000 q\r\n");
+                v.resize(v.len() + 5000, b'y');
+                v.extend_from_slice(b"\r\n");
+                v
+            }),
+            Just(b"bogus line\r\n".to_vec()),
+            Just(b"set k 0 0 1\r\nxx\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn split_stream_same_replies(cmds in prop::collection::vec(command(), 1..30), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12)) {
+            let input: Vec<u8> = cmds.concat();
+            let small = || MemStore::new(4096, 1 << 20);
+            let whole = run_split(&small(), &input, &[]);
+            let cuts: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            let split = run_split(&small(), &input, &cuts);
+            prop_assert_eq!(whole.1, Flow::Continue);
+            prop_assert_eq!(whole, split);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..3000), cuts in prop::collection::vec(0usize..3000, 0..8)) {
+            let s = MemStore::new(2048, 1 << 20);
+            run_split(&s, &data, &cuts);
+        }
+
+        #[test]
+        fn malformed_token_soup_never_panics(toks in prop::collection::vec(prop::sample::select(vec![
+            "set", "get", "gets", "gat", "cas", "incr", "decr", "delete", "touch", "flush_all", "stats", "mg", "ms", "md", "ma", "me", "mn",
+            "verbosity", "shutdown", "quit", "k", "Zm9v", "0", "1", "-1", "5", "4294967296", "99999999999999999999999", "noreply",
+            "b", "q", "v", "k", "O1", "T-1", "N5", "C1", "MA", "ME", "MX", "D3", "J", "F9", "\r\n", "\n", "\r", " ", "\0", "\u{ff}",
+        ]), 0..80), cuts in prop::collection::vec(0usize..400, 0..8)) {
+            let data: Vec<u8> = toks.join(" ").into_bytes();
+            let s = MemStore::new(2048, 1 << 20);
+            let mut info = ServerInfo::for_tests();
+            info.shutdown_enabled = false;
+            run_split(&s, &data, &cuts);
+        }
+    }
 }

@@ -1,0 +1,262 @@
+//! The `pmem-memcached` binary: command-line errors, protocol round trips over TCP, connection
+//! limit, `shutdown` and signals. Servers run on free loopback ports with `--store memory`
+//! and are stopped by PID.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pmem-memcached");
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(BIN)
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--store",
+                "memory",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pmem-memcached");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let s = Server { child, port, log };
+        let t0 = Instant::now();
+        while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "server did not start: {:?}",
+                s.log
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn connect(&self) -> TcpStream {
+        let c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's PID; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits (bounded) for the exit status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "server did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends `req` and reads until the reply ends with `end`.
+fn call(c: &mut TcpStream, req: &[u8], end: &[u8]) -> Vec<u8> {
+    c.write_all(req).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.ends_with(end) {
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+fn bad_options(args: &[&str], want: &str) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(err.contains(want), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+#[test]
+fn bad_options_fail_clearly() {
+    bad_options(&["-U", "11211"], "UDP is not supported");
+    bad_options(&["-p", "notaport"], "invalid value");
+    bad_options(&["-I", "10"], "less than 1024");
+    bad_options(&["-I", "5x"], "invalid size");
+    bad_options(
+        &["-m", "1", "-I", "1m", "--store", "memory"],
+        "1/2 of memory",
+    );
+    bad_options(&["-t", "0", "--store", "memory"], "threads");
+    bad_options(&["--store", "bogus"], "invalid value");
+    bad_options(&["--no-such-option"], "unexpected argument");
+    bad_options(
+        &["-e", "/nonexistent-dir/sub/cache.pool", "-p", "0"],
+        "cannot open /nonexistent-dir/sub/cache.pool",
+    );
+}
+
+#[test]
+fn round_trips_and_pipelining() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    assert_eq!(
+        call(&mut c, b"set a 1 0 3\r\nabc\r\n", b"\r\n"),
+        b"STORED\r\n"
+    );
+    assert_eq!(
+        call(&mut c, b"get a\r\n", b"END\r\n"),
+        b"VALUE a 1 3\r\nabc\r\nEND\r\n"
+    );
+    // Pipelined: many commands in one write, noreply ones silent, replies in order.
+    let mut req = Vec::new();
+    for i in 0..200 {
+        req.extend_from_slice(
+            format!("set k{i} 0 0 {}\r\n{i}\r\n", i.to_string().len()).as_bytes(),
+        );
+        req.extend_from_slice(format!("set q{i} 0 0 1 noreply\r\nx\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"get k7 k199 q3\r\nmn\r\n");
+    let got = call(&mut c, &req, b"MN\r\n");
+    let mut want = b"STORED\r\n".repeat(200);
+    want.extend_from_slice(
+        b"VALUE k7 0 1\r\n7\r\nVALUE k199 0 3\r\n199\r\nVALUE q3 0 1\r\nx\r\nEND\r\nMN\r\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+    // A value split across writes, and a large one.
+    c.write_all(b"set big 0 0 100000\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let big = vec![b'z'; 100_000];
+    c.write_all(&big[..50_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        call(&mut c, &[&big[50_000..], b"\r\n"].concat(), b"\r\n"),
+        b"STORED\r\n"
+    );
+    let got = call(&mut c, b"get big\r\n", b"END\r\n");
+    assert_eq!(got.len(), "VALUE big 0 100000\r\n".len() + 100_002 + 5);
+    // Too large for the default 1 MB limit: refused, data swallowed, connection usable.
+    let huge = vec![b'h'; 2 << 20];
+    let mut req = b"set huge 0 0 2097152\r\n".to_vec();
+    req.extend_from_slice(&huge);
+    req.extend_from_slice(b"\r\nversion\r\n");
+    let got = call(&mut c, &req, b"VERSION 1.6.21\r\n");
+    assert_eq!(
+        got,
+        b"SERVER_ERROR object too large for cache\r\nVERSION 1.6.21\r\n"
+    );
+    assert_eq!(call(&mut c, b"bogus\r\n", b"\r\n"), b"ERROR\r\n");
+    assert_eq!(
+        call(&mut c, b"shutdown\r\n", b"\r\n"),
+        b"ERROR: shutdown not enabled\r\n"
+    );
+    let stats = call(&mut c, b"stats\r\n", b"END\r\n");
+    let stats = String::from_utf8_lossy(&stats);
+    assert!(stats.contains("STAT curr_connections 1\r\n"), "{stats}");
+    assert!(stats.contains("STAT total_connections 1\r\n"), "{stats}");
+    // quit closes the connection.
+    c.write_all(b"quit\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(c.read(&mut buf).unwrap(), 0);
+}
+
+#[test]
+fn line_too_long_closes() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    c.write_all(&vec![b'x'; 4096]).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"CLIENT_ERROR line too long\r\n");
+}
+
+#[test]
+fn connection_limit() {
+    let s = Server::start(&["-c", "1"]);
+    let mut first = s.connect();
+    assert_eq!(
+        call(&mut first, b"version\r\n", b"\r\n"),
+        b"VERSION 1.6.21\r\n"
+    );
+    let mut second = s.connect();
+    let mut got = Vec::new();
+    second.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ERROR Too many open connections\r\n");
+    assert_eq!(call(&mut first, b"mn\r\n", b"\r\n"), b"MN\r\n");
+}
+
+#[test]
+fn shutdown_command_exits_zero() {
+    let mut s = Server::start(&["-A"]);
+    let mut c = s.connect();
+    assert_eq!(
+        call(&mut c, b"set a 0 0 1\r\nx\r\n", b"\r\n"),
+        b"STORED\r\n"
+    );
+    c.write_all(b"shutdown\r\n").unwrap();
+    let st = s.wait_exit();
+    assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn signals_exit_zero() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+        let mut s = Server::start(&[]);
+        let mut c = s.connect();
+        assert_eq!(call(&mut c, b"mn\r\n", b"\r\n"), b"MN\r\n");
+        s.signal(sig);
+        let st = s.wait_exit();
+        assert!(st.success(), "signal {sig}: {st:?}");
+    }
+}
