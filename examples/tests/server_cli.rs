@@ -260,3 +260,22 @@ fn signals_exit_zero() {
         assert!(st.success(), "signal {sig}: {st:?}");
     }
 }
+
+#[test]
+fn user_option_drops_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: not running as root, -u is ignored");
+        return;
+    }
+    bad_options(
+        &["--store", "memory", "-p", "0", "-u", "no-such-user-xyz"],
+        "can't find the user",
+    );
+    let s = Server::start(&["-u", "nobody"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid.split_whitespace().skip(1).all(|u| u != "0"), "{uid}");
+    let mut c = s.connect();
+    assert_eq!(call(&mut c, b"mn\r\n", b"\r\n"), b"MN\r\n");
+}

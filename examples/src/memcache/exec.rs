@@ -641,8 +641,20 @@ fn meta_arith(store: &dyn CacheStore, m: Meta<'_>, now: u64, out: &mut Vec<u8>) 
             if m.opts.quiet {
                 return;
             }
-            let mut digits = Vec::new();
-            push_u64(&mut digits, value);
+            let mut text = [0u8; 20];
+            let digits = {
+                let mut n = value;
+                let mut i = text.len();
+                loop {
+                    i -= 1;
+                    text[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                &text[i..]
+            };
             if m.opts.value {
                 out.extend_from_slice(b"VA ");
                 push_u64(out, digits.len() as u64);
@@ -682,7 +694,7 @@ fn meta_arith(store: &dyn CacheStore, m: Meta<'_>, now: u64, out: &mut Vec<u8>) 
             }
             out.extend_from_slice(b"\r\n");
             if m.opts.value {
-                out.extend_from_slice(&digits);
+                out.extend_from_slice(digits);
                 out.extend_from_slice(b"\r\n");
             }
         }

@@ -321,6 +321,9 @@ async fn serve(
         .is_err()
     {
         conns.abort_all();
+        // Aborted tasks stop at their next await point; wait for that so that no command
+        // is still running when the store shuts down.
+        while conns.join_next().await.is_some() {}
     }
     if info.verbosity.load(Ordering::Relaxed) > 0 {
         eprintln!("pmem-memcached: shutting down");
