@@ -187,7 +187,6 @@ fn pmem_args(pool: &Path) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "needs the persistent store"]
 fn memccapable_pmem_store_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("cache.pool");

@@ -29,7 +29,7 @@ pub enum StoreKind {
 #[derive(Debug, Clone, ClapParser)]
 #[command(
     name = "pmem-memcached",
-    version = exec::VERSION,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (memcached 1.6.21 protocol)"),
     about = "A memcached-compatible cache whose items survive restarts and crashes (pmem pool)"
 )]
 pub struct Args {
@@ -73,7 +73,7 @@ pub struct Args {
     /// Make every acknowledged write durable before the reply.
     #[arg(long)]
     pub durable: bool,
-    /// Refuse a pool that is not on DAX (page-cache) storage.
+    /// Refuse page-cache mappings: the pool must be on DAX storage.
     #[arg(long)]
     pub require_dax: bool,
     /// Store implementation (testing).
