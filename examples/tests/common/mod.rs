@@ -1,0 +1,239 @@
+//! Shared by the restart and kill tests: a `pmem-memcached` process on a pool file and a
+//! minimal text-protocol client.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pmem-memcached");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server on a pool file. Killed (SIGKILL) on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub pool: PathBuf,
+}
+
+impl Server {
+    pub fn start(pool: &Path, port: u16, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-A", "-e"])
+            .arg(pool)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pmem-memcached");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let mut s = Server {
+            child,
+            port,
+            log,
+            pool: pool.to_path_buf(),
+        };
+        let t0 = Instant::now();
+        while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                panic!("server exited with {st}: {:?}", s.log.lock().unwrap());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "server did not start: {:?}",
+                s.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s
+    }
+
+    /// The "ready" log line.
+    pub fn ready_line(&self) -> String {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("ready in"))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's PID; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "server did not exit: {:?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+/// A blocking text-protocol client.
+pub struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+/// One `VALUE` of a get reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    pub key: String,
+    pub flags: u32,
+    pub cas: Option<u64>,
+    pub data: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    pub fn try_line(&mut self) -> std::io::Result<String> {
+        let mut l = String::new();
+        if self.r.read_line(&mut l)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(l.trim_end_matches("\r\n").to_string())
+    }
+
+    pub fn line(&mut self) -> String {
+        self.try_line().unwrap()
+    }
+
+    /// Sends a command line without waiting for a reply.
+    pub fn send(&mut self, line: &str) {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    }
+
+    /// Sends a command line and returns the one-line reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.line()
+    }
+
+    pub fn try_store(
+        &mut self,
+        verb: &str,
+        key: &str,
+        flags: u32,
+        exp: i64,
+        data: &[u8],
+    ) -> std::io::Result<String> {
+        let mut m = format!("{verb} {key} {flags} {exp} {}\r\n", data.len()).into_bytes();
+        m.extend_from_slice(data);
+        m.extend_from_slice(b"\r\n");
+        self.w.write_all(&m)?;
+        self.try_line()
+    }
+
+    pub fn set(&mut self, key: &str, flags: u32, exp: i64, data: &[u8]) -> String {
+        self.try_store("set", key, flags, exp, data).unwrap()
+    }
+
+    /// `get`/`gets` of several keys.
+    pub fn try_get(&mut self, verb: &str, keys: &[&str]) -> std::io::Result<Vec<Value>> {
+        self.w
+            .write_all(format!("{verb} {}\r\n", keys.join(" ")).as_bytes())?;
+        let mut out = Vec::new();
+        loop {
+            let l = self.try_line()?;
+            if l == "END" {
+                return Ok(out);
+            }
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f[0], "VALUE", "unexpected reply {l:?}");
+            let len: usize = f[3].parse().unwrap();
+            let mut data = vec![0u8; len + 2];
+            self.r.read_exact(&mut data)?;
+            assert_eq!(&data[len..], b"\r\n");
+            data.truncate(len);
+            out.push(Value {
+                key: f[1].to_string(),
+                flags: f[2].parse().unwrap(),
+                cas: f.get(4).map(|c| c.parse().unwrap()),
+                data,
+            });
+        }
+    }
+
+    pub fn gets(&mut self, keys: &[&str]) -> Vec<Value> {
+        self.try_get("gets", keys).unwrap()
+    }
+
+    pub fn get1(&mut self, key: &str) -> Option<Value> {
+        self.gets(&[key]).pop()
+    }
+
+    /// `stats` as a map.
+    pub fn stats(&mut self) -> std::collections::HashMap<String, String> {
+        self.w.write_all(b"stats\r\n").unwrap();
+        let mut m = std::collections::HashMap::new();
+        loop {
+            let l = self.line();
+            if l == "END" {
+                return m;
+            }
+            let mut f = l.splitn(3, ' ');
+            f.next();
+            let k = f.next().unwrap_or_default().to_string();
+            m.insert(k, f.next().unwrap_or_default().to_string());
+        }
+    }
+}
