@@ -138,6 +138,12 @@ fn bad_options_fail_clearly() {
     bad_options(&["-t", "0", "--store", "memory"], "threads");
     bad_options(&["--store", "bogus"], "invalid value");
     bad_options(&["--no-such-option"], "unexpected argument");
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    bad_options(
+        &["--store", "memory", "-p", &port],
+        "failed to listen on 127.0.0.1:",
+    );
     bad_options(
         &["-e", "/nonexistent-dir/sub/cache.pool", "-p", "0"],
         "cannot open /nonexistent-dir/sub/cache.pool",

@@ -7,6 +7,10 @@
 //!   next one (set/add/replace/append/prepend/cas/incr/decr); touch and gat keep the CAS.
 //! - append/prepend keep the existing item's flags and expiry; an append whose result would
 //!   not fit the item size limit answers [`StoreOutcome::NotStored`] (memcached's answer).
+//! - A CAS value is checked by set, replace, append and prepend (absent key: `NotFound` for
+//!   set/replace, `NotStored` for append/prepend); add ignores it.
+//! - A flush does not consume a CAS value (memcached's `flush_all` does; nothing observable
+//!   depends on it).
 //! - A set that is too large removes the existing item (memcached does not leave stale data).
 //! - incr/decr accept a value of 1 to 20 decimal digits optionally followed by spaces (what
 //!   memcached's `strtoull` accepts after its own earlier in-place updates); incr wraps at
