@@ -335,6 +335,7 @@ pub struct PmemStore<P: Persist + 'static = Hardware> {
     durable: bool,
     counters: Counters,
     closed: AtomicBool,
+    crawl: AtomicU64,
     path: PathBuf,
 }
 
@@ -504,6 +505,7 @@ impl<P: Persist + 'static> PmemStore<P> {
             durable: cfg.durable,
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            crawl: AtomicU64::new(0),
             path: cfg.path.clone(),
             pool,
         };
@@ -1433,6 +1435,14 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
 
     fn item_size_max(&self) -> usize {
         self.item_max
+    }
+
+    fn maintenance(&self) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let c = self.crawl.load(Ordering::Relaxed);
+        self.crawl.store(self.tick(c, 20_000), Ordering::Relaxed);
     }
 
     fn shutdown(&self) {

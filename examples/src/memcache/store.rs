@@ -326,4 +326,7 @@ pub trait CacheStore: Send + Sync {
     /// Persists everything and marks the store clean (called once at graceful shutdown; the
     /// store accepts no more writes afterwards).
     fn shutdown(&self);
+    /// Background work, called by the server about once a second: reclaiming expired items,
+    /// saving counters. Short (bounded work per call). The default does nothing.
+    fn maintenance(&self) {}
 }
