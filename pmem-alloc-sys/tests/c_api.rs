@@ -196,3 +196,51 @@ fn example_list_survives_kill_9_mid_loop() {
     );
     assert_eq!(list(&exe, &pool, &["check"]), format!("ok {}", last + 5));
 }
+
+#[test]
+fn pkg_config_file_builds_the_example() {
+    let Some(pkg_config) = tool("pkg-config") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pc = Command::new(format!("{MANIFEST}/pkg-config.sh"))
+        .arg(lib_dir())
+        .arg(format!("{MANIFEST}/include"))
+        .output()
+        .unwrap();
+    assert!(pc.status.success());
+    std::fs::write(dir.path().join("pmem-alloc.pc"), &pc.stdout).unwrap();
+    let flags = Command::new(pkg_config)
+        .env("PKG_CONFIG_PATH", dir.path())
+        .args(["--cflags", "--libs", "pmem-alloc"])
+        .output()
+        .unwrap();
+    assert!(
+        flags.status.success(),
+        "pkg-config does not accept the file"
+    );
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    assert!(
+        flags.contains("-lpmem_alloc_sys") && flags.contains("/include"),
+        "{flags}"
+    );
+    let compiler = cc::Build::new()
+        .target(env!("PMA_BUILD_TARGET"))
+        .host(env!("PMA_BUILD_HOST"))
+        .opt_level(1)
+        .cargo_metadata(false)
+        .get_compiler();
+    let exe = dir.path().join("persistent_list");
+    let o = compiler
+        .to_command()
+        .arg(format!("{MANIFEST}/examples/persistent_list.c"))
+        .args(flags.split_whitespace())
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pool = dir.path().join("p.pool");
+    assert_eq!(list(&exe, &pool, &["add", "3"]), "done 3");
+    assert_eq!(list(&exe, &pool, &["check"]), "ok 3");
+}
