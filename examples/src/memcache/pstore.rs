@@ -525,7 +525,8 @@ impl<P: Persist + 'static> PmemStore<P> {
                 store.used.store(r.bytes, Ordering::Relaxed);
                 store.items.store(r.items, Ordering::Relaxed);
                 store.counters.restore(&r.counters);
-                info.dropped += store.reclaim_dead(unix_now());
+                // Nothing is visited: items that expired (or were flushed) during the
+                // downtime are invisible at once and reclaimed by reads and the crawler.
             } else {
                 if r.flags & F_CLEAN != 0 {
                     info.messages.push(
@@ -1029,36 +1030,6 @@ impl<P: Persist + 'static> PmemStore<P> {
         self.cas
             .store((max_cas + 1).max(saved).max(1), Ordering::Relaxed);
         dropped
-    }
-
-    /// After a clean restart: reclaims items that expired or were flushed while the server
-    /// was down (walks the LRU, not the values). Returns how many.
-    fn reclaim_dead(&self, now: u64) -> u64 {
-        let mut n = 0;
-        let r = self.r();
-        // SAFETY: single-threaded open.
-        let mut cur = unsafe { (*r).lru_tail };
-        let mut steps = 0u64;
-        let total = self.items.load(Ordering::Relaxed);
-        while let Some(it) = self.item_at_off(cur) {
-            steps += 1;
-            if steps > total + 1 {
-                break;
-            }
-            let prev = it.rd64(I_LRU_PREV);
-            if self.dead(it, now).0 {
-                let h = hash_key(it.key());
-                let (_, head) = self.bucket_of(h);
-                if let Some((link, found)) = self.find(head, h, it.key()) {
-                    if found == it {
-                        self.remove(link, it);
-                        n += 1;
-                    }
-                }
-            }
-            cur = prev;
-        }
-        n
     }
 
     /// Background work, called about once a second by the server: saves the counters into
