@@ -336,6 +336,9 @@ pub struct PmemStore<P: Persist + 'static = Hardware> {
     counters: Counters,
     closed: AtomicBool,
     crawl: AtomicU64,
+    /// No per-operation flushes (default mode on a page-cache file, where a flush is an
+    /// msync): the whole pool is synced at a clean shutdown instead.
+    lazy: bool,
     path: PathBuf,
 }
 
@@ -461,7 +464,17 @@ impl PmemStore<Hardware> {
                 }
             }
         };
+        let lazy = !cfg.durable && pool.persister().method() == pmem_alloc::FlushMethod::Msync;
         let mut info = Self::from_pool(pool, cfg)?;
+        info.0.lazy = lazy;
+        if lazy {
+            messages.push(format!(
+                "{} is not on DAX (page cache): writes are safe against process crashes; \
+                 power-loss durability comes from the sync at a clean shutdown, or use --durable \
+                 (an msync per write)",
+                cfg.path.display()
+            ));
+        }
         info.1.created = created;
         messages.append(&mut info.1.messages);
         info.1.messages = messages;
@@ -506,6 +519,7 @@ impl<P: Persist + 'static> PmemStore<P> {
             counters: Counters::default(),
             closed: AtomicBool::new(false),
             crawl: AtomicU64::new(0),
+            lazy: false,
             path: cfg.path.clone(),
             pool,
         };
@@ -560,12 +574,17 @@ impl<P: Persist + 'static> PmemStore<P> {
     }
 
     fn flush(&self, p: *const u8, len: usize) {
+        if self.lazy {
+            return;
+        }
         // SAFETY: callers pass ranges inside the mapping.
         unsafe { self.pool.persister().flush(p, len) };
     }
 
     fn fence(&self) {
-        self.pool.persister().drain();
+        if !self.lazy {
+            self.pool.persister().drain();
+        }
     }
 
     fn init_root(&mut self, cfg: &PmemStoreConfig) -> Result<(), StoreError> {
@@ -1424,6 +1443,14 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
         let _gs: Vec<_> = self.stripes.iter().map(lock).collect();
         let _l = lock(&self.lru);
         let r = self.r();
+        if self.lazy {
+            // SAFETY: the whole pool is mapped.
+            unsafe {
+                self.pool
+                    .persister()
+                    .persist(self.pool.base(), self.pool.size())
+            };
+        }
         // Every header (LRU links, access times) to the media, then the root.
         let mut cur = unsafe_root_read(r, |r| r.lru_head);
         let mut steps = 0u64;
