@@ -18,20 +18,17 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_raw(&[&["--store", "memory"], extra].concat())
+    }
+
+    fn start_raw(extra: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let mut child = Command::new(BIN)
-            .args([
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "--store",
-                "memory",
-            ])
+            .args(["-l", "127.0.0.1", "-p", &port.to_string()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -284,4 +281,34 @@ fn user_option_drops_root() {
     assert!(uid.split_whitespace().skip(1).all(|u| u != "0"), "{uid}");
     let mut c = s.connect();
     assert_eq!(call(&mut c, b"mn\r\n", b"\r\n"), b"MN\r\n");
+}
+
+/// The server runs the store's maintenance (the persistent store's crawler reclaims expired
+/// items nobody reads).
+#[test]
+fn maintenance_reclaims_expired_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("m.pool");
+    let s = Server::start_raw(&["-e", pool.to_str().unwrap()]);
+    let mut c = s.connect();
+    assert_eq!(
+        call(&mut c, b"set a 0 1 1\r\nx\r\n", b"\r\n"),
+        b"STORED\r\n"
+    );
+    assert_eq!(
+        call(&mut c, b"set b 0 0 1\r\nx\r\n", b"\r\n"),
+        b"STORED\r\n"
+    );
+    let t0 = Instant::now();
+    loop {
+        let st = call(&mut c, b"stats\r\n", b"END\r\n");
+        if String::from_utf8_lossy(&st).contains("STAT curr_items 1\r\n") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "expired item not reclaimed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -267,6 +267,24 @@ async fn serve(
     let stop_tx = Arc::new(stop_tx);
     let mut conns = tokio::task::JoinSet::new();
     let mut stop_wait = stop_rx.clone();
+    // Background work of the store (expired-item crawler, counters) about once a second.
+    let maint = {
+        let store = store.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                let s = store.clone();
+                let _ = tokio::task::spawn_blocking(move || s.maintenance()).await;
+            }
+        })
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -314,6 +332,8 @@ async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    // A maintenance pass in progress finishes before the store shuts down.
+    let _ = maint.await;
     // Let in-flight commands finish (each connection stops at its next read).
     let drain = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)
