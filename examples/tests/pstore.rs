@@ -125,6 +125,17 @@ fn store_semantics() {
         "wraps"
     );
     assert_eq!(incr("a", true, 1), ArithOutcome::NonNumeric);
+    set(s, "p", b"10", 0, Expiry::Never);
+    incr("p", false, 1);
+    assert_eq!(
+        get(s, "p").unwrap().1,
+        b"9 ",
+        "memcached pads a shorter result"
+    );
+    assert!(matches!(
+        incr("p", true, 5),
+        ArithOutcome::Value { value: 14, .. }
+    ));
     assert_eq!(incr("missing", true, 1), ArithOutcome::NotFound);
     // delete, touch, expiry
     assert_eq!(s.delete(b"a", Some(1)), DeleteOutcome::Exists);
@@ -633,4 +644,143 @@ fn background_crawler_reclaims_expired_items() {
     assert_eq!(s.counters().get(Ctr::Reclaimed), 1500);
     assert_eq!(s.counters().get(Ctr::ExpiredUnfetched), 1500);
     s.verify().unwrap();
+}
+
+// ---- model test against the DRAM reference store ----
+
+mod model {
+    use super::*;
+    use pmem_examples::memcache::memstore::MemStore;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    pub(super) enum MOp {
+        Store(u8, u8, Vec<u8>, u32, bool, Option<u8>),
+        Get(u8),
+        Delete(u8, Option<u8>),
+        Arith(u8, bool, u64, bool),
+        Touch(u8, bool),
+        FlushAll,
+    }
+
+    fn mode(m: u8) -> SetMode {
+        [
+            SetMode::Set,
+            SetMode::Add,
+            SetMode::Replace,
+            SetMode::Append,
+            SetMode::Prepend,
+        ][m as usize % 5]
+    }
+
+    fn op() -> impl Strategy<Value = MOp> {
+        prop_oneof![
+            6 => (0u8..8, 0u8..5, prop::collection::vec(prop::sample::select(b"0123456789 x".to_vec()), 0..24), any::<u32>(), prop::bool::weighted(0.1), prop::option::weighted(0.2, 0u8..4))
+                .prop_map(|(k, m, v, f, e, c)| MOp::Store(k, m, v, f, e, c)),
+            4 => (0u8..8).prop_map(MOp::Get),
+            1 => (0u8..8, prop::option::weighted(0.3, 0u8..4)).prop_map(|(k, c)| MOp::Delete(k, c)),
+            2 => (0u8..8, any::<bool>(), prop_oneof![0u64..20, Just(u64::MAX)], prop::bool::weighted(0.2))
+                .prop_map(|(k, i, d, a)| MOp::Arith(k, i, d, a)),
+            1 => (0u8..8, any::<bool>()).prop_map(|(k, e)| MOp::Touch(k, e)),
+            1 => Just(MOp::FlushAll),
+        ]
+    }
+
+    /// CAS guesses: the current CAS of the key (index 0), or small numbers.
+    fn cas_of(s: &dyn CacheStore, key: &[u8], guess: u8) -> u64 {
+        if guess == 0 {
+            let mut c = 0;
+            s.get(
+                key,
+                GetOpts {
+                    peek: true,
+                    ..GetOpts::default()
+                },
+                &mut |m, _| c = m.cas,
+            );
+            c
+        } else {
+            guess as u64
+        }
+    }
+
+    fn run(s: &dyn CacheStore, o: &MOp) -> String {
+        match o {
+            MOp::Store(k, m, v, f, e, c) => {
+                let key = [b'k', b'0' + k];
+                let cas = c.map(|g| cas_of(s, &key, g));
+                format!(
+                    "{:?}",
+                    s.store(&StoreReq {
+                        mode: mode(*m),
+                        key: &key,
+                        value: v,
+                        flags: *f,
+                        expiry: if *e { Expiry::Expired } else { Expiry::Never },
+                        cas,
+                    })
+                )
+            }
+            MOp::Get(k) => {
+                let mut r = None;
+                s.get(&[b'k', b'0' + k], GetOpts::default(), &mut |m, v| {
+                    r = Some((m.flags, m.cas, v.to_vec()))
+                });
+                format!("{r:?}")
+            }
+            MOp::Delete(k, c) => {
+                let key = [b'k', b'0' + k];
+                let cas = c.map(|g| cas_of(s, &key, g));
+                format!("{:?}", s.delete(&key, cas))
+            }
+            MOp::Arith(k, incr, delta, viv) => format!(
+                "{:?}",
+                s.arith(
+                    &[b'k', b'0' + k],
+                    &ArithReq {
+                        incr: *incr,
+                        delta: *delta,
+                        autovivify: viv.then_some((7, Expiry::Never)),
+                        cas: None,
+                        touch: None,
+                    }
+                )
+            ),
+            MOp::Touch(k, e) => format!(
+                "{}",
+                s.touch(
+                    &[b'k', b'0' + k],
+                    if *e { Expiry::Expired } else { Expiry::Never }
+                )
+            ),
+            MOp::FlushAll => {
+                s.flush_all(0);
+                String::new()
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// Same outcomes, values, flags and CAS as the reference store, op by op; a clean
+        /// restart in the middle changes nothing.
+        #[test]
+        fn pstore_matches_memstore(ops in prop::collection::vec(op(), 1..120), restart_at in 0usize..120) {
+            let d = tempfile::tempdir().unwrap();
+            let c = cfg(d.path());
+            let model = MemStore::new(c.item_size_max, c.mem_limit);
+            let (mut s, _) = PmemStore::open(&c).unwrap();
+            for (i, o) in ops.iter().enumerate() {
+                if i == restart_at {
+                    s.shutdown();
+                    drop(s);
+                    s = PmemStore::open(&c).unwrap().0;
+                }
+                let a = run(&model, o);
+                let b = run(&s, o);
+                prop_assert_eq!(&a, &b, "op {} {:?}", i, o);
+            }
+            s.verify().map_err(TestCaseError::fail)?;
+        }
+    }
 }

@@ -1189,12 +1189,18 @@ impl<P: Persist + 'static> PmemStore<P> {
         Ok(set.len() as u64)
     }
 
+    /// memcached's observable rule (key + value + 52 header bytes within `-I`), so that the
+    /// largest storable value is the same as with memcached; the real header is 80 bytes.
     fn too_large(&self, nkey: usize, nbytes: usize) -> bool {
-        item_size(nkey, nbytes) > self.item_max
+        nkey + nbytes + 52 > self.item_max
     }
 }
 
+/// memcached's number rule for incr/decr: decimal digits, at most 20, optionally followed by
+/// spaces (left there by an earlier in-place decrement).
 fn parse_u64(v: &[u8]) -> Option<u64> {
+    let end = v.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    let v = &v[..end];
     if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -1239,18 +1245,16 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
         match req.mode {
             SetMode::Append | SetMode::Prepend => {
                 let _g = self.stripe(b);
+                // memcached: append/prepend on a missing key is NOT_STORED, CAS or not; one
+                // that would exceed the item size limit too
                 let Some((link, old)) = self.lookup(head, h, req.key, now) else {
-                    return if req.cas.is_some() {
-                        StoreOutcome::NotFound
-                    } else {
-                        StoreOutcome::NotStored
-                    };
+                    return StoreOutcome::NotStored;
                 };
                 if req.cas.is_some_and(|c| c != old.rd64(I_CAS)) {
                     return StoreOutcome::Exists;
                 }
                 if self.too_large(req.key.len(), old.nbytes() + req.value.len()) {
-                    return StoreOutcome::TooLarge;
+                    return StoreOutcome::NotStored;
                 }
                 let parts: [&[u8]; 2] = if req.mode == SetMode::Append {
                     [old.value(), req.value]
@@ -1267,7 +1271,20 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
                 StoreOutcome::Stored(self.publish(it, crc, head, Some((link, old))))
             }
             _ => {
+                // memcached ignores a CAS on add
+                let cas = if req.mode == SetMode::Add {
+                    None
+                } else {
+                    req.cas
+                };
                 if self.too_large(req.key.len(), req.value.len()) {
+                    // memcached unlinks the old item of a failed plain set (no stale data)
+                    if req.mode == SetMode::Set && cas.is_none() {
+                        let _g = self.stripe(b);
+                        if let Some((link, old)) = self.lookup(head, h, req.key, now) {
+                            self.remove(link, old);
+                        }
+                    }
                     return StoreOutcome::TooLarge;
                 }
                 let Some((it, crc)) =
@@ -1277,7 +1294,7 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
                 };
                 let _g = self.stripe(b);
                 let old = self.lookup(head, h, req.key, now);
-                let verdict = match (req.mode, req.cas, old) {
+                let verdict = match (req.mode, cas, old) {
                     (_, Some(_), None) => Some(StoreOutcome::NotFound),
                     (_, Some(c), Some((_, o))) if o.rd64(I_CAS) != c => Some(StoreOutcome::Exists),
                     (SetMode::Add, None, Some(_)) => Some(StoreOutcome::NotStored),
@@ -1313,10 +1330,10 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
         let h = hash_key(key);
         let (b, head) = self.bucket_of(h);
         let _g = self.stripe(b);
-        let (value, flags, expiry, old, created) = match self.lookup(head, h, key, now) {
+        let (value, flags, expiry, old, created, width) = match self.lookup(head, h, key, now) {
             None => match req.autovivify {
                 None => return ArithOutcome::NotFound,
-                Some((init, e)) => (init, 0, e, None, true),
+                Some((init, e)) => (init, 0, e, None, true, 0),
             },
             Some((link, it)) => {
                 if req.cas.is_some_and(|c| c != it.rd64(I_CAS)) {
@@ -1331,10 +1348,11 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
                     cur.saturating_sub(req.delta)
                 };
                 let e = req.touch.unwrap_or(it.expiry());
-                (v, it.rd32(I_FLAGS), e, Some((link, it)), false)
+                (v, it.rd32(I_FLAGS), e, Some((link, it)), false, it.nbytes())
             }
         };
-        let text = value.to_string();
+        // Like memcached: a shorter result keeps the value's length, padded with spaces.
+        let text = format!("{value:<width$}");
         let Some((it, crc)) = self.build(key, h, &[text.as_bytes()], flags, expiry, now) else {
             return ArithOutcome::NoMemory;
         };
