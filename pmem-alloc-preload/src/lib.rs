@@ -298,32 +298,32 @@ unsafe fn release(p: *mut c_void) {
 /// Resizes keeping `align`; `zero`: bytes past the old usable size are zero-filled.
 ///
 /// # Safety
-/// `p` is null or a live block allocated with alignment at least `align`.
+/// `p` is null or a live block.
 unsafe fn resize(p: *mut c_void, size: usize, align: usize, zero: bool) -> *mut c_void {
     if p.is_null() {
         return alloc(size, align, zero);
     }
     let size = size.max(1);
+    let heap = ready_heap().filter(|h| h.owns(p.cast()));
+    if heap.is_none() && !in_arena(p) {
+        // SAFETY: a glibc block (see `release`).
+        return unsafe { __libc_realloc(p, size) };
+    }
     // SAFETY: live block (contract).
     let old = unsafe { usable(p) };
-    if let Some(h) = ready_heap() {
-        if h.owns(p.cast()) {
-            // SAFETY: a live block of the heap allocated with `align`.
-            if unsafe { h.core().resize_in_place(p.cast(), size, align) } {
-                if zero {
-                    // SAFETY: the block now has at least `usable(p)` bytes.
-                    unsafe {
-                        let new = usable(p);
-                        if new > old {
-                            std::ptr::write_bytes(p.cast::<u8>().add(old), 0, new - old);
-                        }
+    if let Some(h) = heap.filter(|_| (p as usize).is_multiple_of(align)) {
+        // SAFETY: a live block of the heap, aligned to `align`.
+        if unsafe { h.core().resize_in_place(p.cast(), size, align) } {
+            if zero {
+                // SAFETY: the block now has at least `usable(p)` bytes.
+                unsafe {
+                    let new = usable(p);
+                    if new > old {
+                        std::ptr::write_bytes(p.cast::<u8>().add(old), 0, new - old);
                     }
                 }
-                return p;
             }
-        } else if !in_arena(p) {
-            // SAFETY: a glibc block (see `release`).
-            return unsafe { __libc_realloc(p, size) };
+            return p;
         }
     }
     let n = alloc(size, align, zero);

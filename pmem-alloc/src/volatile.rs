@@ -166,6 +166,33 @@ impl std::fmt::Debug for VolatileHeap {
     }
 }
 
+/// Whether descriptor `fd` is the memfd copy a fork child's heap runs on (see
+/// `heap::tcache::fork_child`). Allocation-free: it runs inside the allocator.
+fn is_fork_copy(fd: i32) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let (mut n, mut k) = (fd as u32, 0);
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..k {
+        path[14 + i] = digits[k - 1 - i];
+    }
+    let want = b"/memfd:pmem-heap-fork";
+    let mut buf = [0u8; 64];
+    // SAFETY: `path` is NUL-terminated; `buf` is writable for its length.
+    let r = unsafe { libc::readlink(path.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    r >= want.len() as isize && buf.starts_with(want)
+}
+
 fn unique_name() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -205,8 +232,11 @@ impl VolatileHeap {
         let device = matches!(b.backing, Backing::Device(_));
         let (region, base, reserved, fd) = match &b.backing {
             Backing::Anonymous => {
-                let r = AnonRegion::new(max as usize).map_err(HeapError::Meta)?;
-                let base = r.ptr();
+                // 2 MiB aligned, as file mappings are: the engine aligns large blocks by page
+                // index, so an aligned base makes `align` up to 2 MiB hold for addresses
+                const ALIGN: usize = 2 << 20;
+                let r = AnonRegion::new(max as usize + ALIGN).map_err(HeapError::Meta)?;
+                let base = r.ptr().wrapping_add(r.ptr().align_offset(ALIGN));
                 (Region::Anon(r), base, max as usize, -1)
             }
             Backing::Device(d) => {
@@ -310,17 +340,33 @@ impl VolatileHeap {
             return false;
         }
         let mut region = self.region.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Region::File(_), true) = (&*region, crate::heap::in_fork_child()) {
-            // A fork child must not extend the parent's file: grow with private memory.
-            // SAFETY: `base+size..base+want` is the unused tail of our reservation.
-            let r = unsafe {
-                crate::sys::mmap_fixed(
-                    self.base.add(*size),
-                    want - *size,
-                    None,
-                    libc::MAP_PRIVATE,
-                    0,
-                )
+        if let (Region::File(m), true) = (&*region, crate::heap::in_fork_child()) {
+            // A fork child must not extend the parent's file. Its heap is normally the memfd
+            // copy made at the fork (under the same descriptor): extend that, so that hole
+            // punching keeps working on the new part; otherwise grow with private memory.
+            let copy = m.file().filter(|_| is_fork_copy(self.fd));
+            let r = match copy {
+                // SAFETY: `fd` is our own memfd; the range is the unused tail of our
+                // reservation, mapped from the matching offset of the extended memfd.
+                Some(f) if unsafe { libc::ftruncate(self.fd, want as libc::off_t) } == 0 => unsafe {
+                    crate::sys::mmap_fixed(
+                        self.base.add(*size),
+                        want - *size,
+                        Some(f),
+                        libc::MAP_SHARED,
+                        *size as u64,
+                    )
+                },
+                // SAFETY: `base+size..base+want` is the unused tail of our reservation.
+                _ => unsafe {
+                    crate::sys::mmap_fixed(
+                        self.base.add(*size),
+                        want - *size,
+                        None,
+                        libc::MAP_PRIVATE,
+                        0,
+                    )
+                },
             };
             drop(region);
             if r.is_err() || !self.core.extend_last_zone(want / PAGE) {
@@ -511,5 +557,25 @@ unsafe impl allocator_api2::alloc::Allocator for &VolatileHeap {
             self.deallocate(ptr, old);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VolatileHeap;
+    use std::alloc::Layout;
+
+    #[test]
+    fn large_alignments_hold_for_addresses_in_an_anonymous_heap() {
+        let h = VolatileHeap::anonymous(8 << 20).unwrap();
+        for shift in [13, 16, 20, 21] {
+            let align = 1usize << shift;
+            let l = Layout::from_size_align(10, align).unwrap();
+            let p = h.alloc(l);
+            assert!(!p.is_null(), "align {align}");
+            assert_eq!(p as usize % align, 0, "align {align}");
+            // SAFETY: allocated above with `l`.
+            unsafe { h.dealloc(p, l) };
+        }
     }
 }

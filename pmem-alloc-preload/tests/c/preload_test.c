@@ -210,11 +210,18 @@ int main(int argc, char **argv) {
             bad |= keep[i] == NULL;
             memset(keep[i], 'c', (size_t)(i % 50) * 100 + 1);
         }
-        void *more = malloc((size_t)64 << 20); /* grows the child's heap */
+        size_t lots = (size_t)400 << 20; /* more than the parent ever mapped: the child grows */
+        char *more = malloc(lots);
         bad |= more == NULL;
         if (more)
-            memset(more, 'm', (size_t)64 << 20);
+            memset(more, 'm', lots);
         free(more);
+        /* freed pages are punched and reused as known-zero: calloc must still see zeros */
+        unsigned char *cz = calloc(1, lots);
+        bad |= cz == NULL;
+        for (size_t i = 0; cz && i < lots; i += 4096)
+            bad |= cz[i] != 0 ? 2 : 0;
+        free(cz);
         for (int i = 0; i < 1000; i++)
             free(keep[i]);
         char done = 'x';
