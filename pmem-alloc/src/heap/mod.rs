@@ -1000,19 +1000,15 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
     }
 
+    /// Refills an empty cache with half its capacity.
     #[cold]
     fn refill(&self, tc: &TCache, c: usize) -> *mut u8 {
-        let batch = tcache::batch(c);
-        let mut buf = [ptr::null_mut(); tcache::MAX_CAP];
-        let got = self.take_blocks(c, &mut buf[..batch], batch);
-        if got == 0 {
-            return ptr::null_mut();
-        }
-        // keep the lowest address for last so blocks are handed out in address order
-        for &b in buf[1..got].iter().rev() {
-            tc.push_unchecked(c, b);
-        }
-        buf[0]
+        let want = tc.capacity(c) / 2;
+        tc.refill_with(c, want, |out| {
+            let n = out.len();
+            self.take_blocks(c, out, n)
+        })
+        .unwrap_or(ptr::null_mut())
     }
 
     fn alloc_large(&self, size: usize, align: usize) -> *mut u8 {
@@ -1092,16 +1088,21 @@ impl<P: Persist + 'static> HeapCore<P> {
             if tc.push(c, p) {
                 return;
             }
-            // cache full: return half of it, then push
-            let cap = tcache::cap(c);
-            let mut buf = [ptr::null_mut(); tcache::MAX_CAP];
-            let n = tc.drain_into(c, &mut buf[..cap / 2]);
-            self.return_blocks(c, &buf[..n]);
-            let pushed = tc.push(c, p);
-            debug_assert!(pushed);
+            self.free_overflow(tc, c, p);
             return;
         }
         self.return_blocks(c, &[p]);
+    }
+
+    /// A free into a full cache: grow the cache if it may, else return its older half.
+    #[cold]
+    fn free_overflow(&self, tc: &TCache, c: usize, p: *mut u8) {
+        if !tc.grow(c) {
+            let half = tc.capacity(c) / 2;
+            tc.drain_with(c, half, |blocks| self.return_blocks(c, blocks));
+        }
+        let pushed = tc.push(c, p);
+        debug_assert!(pushed);
     }
 
     fn free_large(&self, p: *mut u8) {
@@ -1237,12 +1238,8 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
         // SAFETY: as in `tcache`; the owner is exiting (or the heap is closing, quiescent).
         let tc = unsafe { &*self.tcaches.ptr().cast::<TCache>().add(t) };
-        let mut buf = [ptr::null_mut(); tcache::MAX_CAP];
         for c in 0..NCLASSES {
-            let n = tc.drain_into(c, &mut buf);
-            if n > 0 {
-                self.return_blocks(c, &buf[..n]);
-            }
+            tc.drain_with(c, tcache::MAX_CAP, |blocks| self.return_blocks(c, blocks));
         }
     }
 

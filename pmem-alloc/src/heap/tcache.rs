@@ -18,14 +18,16 @@ use std::sync::atomic::Ordering;
 
 /// Most threads with a cache at once; further threads use the locked path.
 pub(crate) const MAX_THREADS: usize = 1024;
-/// Largest cache capacity of any class.
-pub(crate) const MAX_CAP: usize = 128;
+/// Largest cache capacity of any class (after growth).
+pub(crate) const MAX_CAP: usize = 1024;
+/// Bytes a grown cache of one class may hold.
+const GROW_BYTES: usize = 64 << 10;
 /// Most heaps with thread caches at once.
 const MAX_HEAPS: usize = 64;
 /// Thread id meaning "exiting or out of ids: no cache".
 const NO_TID: u32 = u32::MAX;
 
-/// Cache capacity of class `c` (bounded by bytes for big classes).
+/// Initial cache capacity of class `c` (bounded by bytes for big classes).
 #[inline]
 pub(crate) fn cap(c: usize) -> usize {
     match class_size(c) {
@@ -37,15 +39,20 @@ pub(crate) fn cap(c: usize) -> usize {
     }
 }
 
-/// Blocks moved per refill.
+/// Largest capacity the cache of class `c` grows to: a thread whose cache overflows (it frees
+/// more than the capacity in a row) gets a bigger one, doubling up to [`GROW_BYTES`] of blocks
+/// (at most [`MAX_CAP`]), so that batch patterns stay in the cache instead of going through
+/// the bin lock. Never shrinks; the bytes bound keeps a thread's cache small.
 #[inline]
-pub(crate) fn batch(c: usize) -> usize {
-    cap(c) / 2
+pub(crate) fn max_cap(c: usize) -> usize {
+    (GROW_BYTES / class_size(c)).clamp(cap(c), MAX_CAP)
 }
 
 #[repr(C)]
 pub(crate) struct TBin {
     count: AtomicU32,
+    /// Current capacity; 0 = the initial [`cap`].
+    cap: AtomicU32,
     slots: UnsafeCell<[*mut u8; MAX_CAP]>,
 }
 
@@ -68,12 +75,34 @@ impl TCache {
         Some(unsafe { (*b.slots.get())[(n - 1) as usize] })
     }
 
+    /// The current capacity of class `c`.
+    #[inline]
+    pub(crate) fn capacity(&self, c: usize) -> usize {
+        match self.bins[c].cap.load(Ordering::Relaxed) {
+            0 => cap(c),
+            k => k as usize,
+        }
+    }
+
+    /// Doubles the capacity of class `c` up to [`max_cap`]; false if it is there already.
+    pub(crate) fn grow(&self, c: usize) -> bool {
+        let k = self.capacity(c);
+        let m = max_cap(c);
+        if k >= m {
+            return false;
+        }
+        self.bins[c]
+            .cap
+            .store((k * 2).min(m) as u32, Ordering::Relaxed);
+        true
+    }
+
     /// Pushes unless full.
     #[inline]
     pub(crate) fn push(&self, c: usize, p: *mut u8) -> bool {
         let b = &self.bins[c];
         let n = b.count.load(Ordering::Relaxed);
-        if n as usize >= cap(c) {
+        if n as usize >= self.capacity(c) {
             return false;
         }
         // SAFETY: owner-only access; `n < cap <= MAX_CAP`.
@@ -82,24 +111,43 @@ impl TCache {
         true
     }
 
-    /// Pushes; the caller knows there is room (after a refill into an empty cache).
-    #[inline]
-    pub(crate) fn push_unchecked(&self, c: usize, p: *mut u8) {
-        let ok = self.push(c, p);
-        debug_assert!(ok);
+    /// Refills the empty cache of class `c`: `take` writes up to `want` blocks (at most the
+    /// capacity) into the slots, in ascending address order, and returns how many. The lowest
+    /// address is returned to the caller, the others cached so that later pops continue in
+    /// address order.
+    pub(crate) fn refill_with(
+        &self,
+        c: usize,
+        want: usize,
+        take: impl FnOnce(&mut [*mut u8]) -> usize,
+    ) -> Option<*mut u8> {
+        let b = &self.bins[c];
+        debug_assert_eq!(b.count.load(Ordering::Relaxed), 0);
+        let want = want.min(self.capacity(c)).max(1);
+        // SAFETY: owner-only access; the cache is empty, so the slots are free to overwrite.
+        let s = unsafe { &mut *b.slots.get() };
+        let got = take(&mut s[..want]);
+        if got == 0 {
+            return None;
+        }
+        s[..got].reverse();
+        b.count.store((got - 1) as u32, Ordering::Relaxed);
+        Some(s[got - 1])
     }
 
-    /// Moves up to `out.len()` blocks out of the cache (oldest first); returns how many.
-    pub(crate) fn drain_into(&self, c: usize, out: &mut [*mut u8]) -> usize {
+    /// Hands the oldest `k` cached blocks of class `c` (at most all of them) to `give`, then
+    /// drops them from the cache; returns how many.
+    pub(crate) fn drain_with(&self, c: usize, k: usize, give: impl FnOnce(&[*mut u8])) -> usize {
         let b = &self.bins[c];
         let n = b.count.load(Ordering::Relaxed) as usize;
-        let k = n.min(out.len());
-        // SAFETY: owner-only (or quiescent) access; indexes below `n`.
-        unsafe {
-            let s = &mut *b.slots.get();
-            out[..k].copy_from_slice(&s[..k]);
-            s.copy_within(k..n, 0);
+        let k = n.min(k);
+        if k == 0 {
+            return 0;
         }
+        // SAFETY: owner-only (or quiescent) access; indexes below `n`.
+        let s = unsafe { &mut *b.slots.get() };
+        give(&s[..k]);
+        s.copy_within(k..n, 0);
         b.count.store((n - k) as u32, Ordering::Relaxed);
         k
     }
