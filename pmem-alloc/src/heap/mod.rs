@@ -853,6 +853,19 @@ impl<P: Persist + 'static> HeapCore<P> {
             while w < nwords && got < want {
                 // SAFETY: `w` indexes the run's bitmap (4 words per page of the run).
                 let word = unsafe { &mut *words.add(w) };
+                if *word == 0 && want - got >= 64 {
+                    // 64 free blocks in a row (bits past the run's last block are set, so a
+                    // zero word is 64 real blocks): no bit scanning
+                    let first = run_base.wrapping_add(w * 64 * size);
+                    for (i, o) in out[got..got + 64].iter_mut().enumerate() {
+                        *o = first.wrapping_add(i * size);
+                    }
+                    *word = u64::MAX;
+                    got += 64;
+                    m.nfree -= 64;
+                    w += 1;
+                    continue;
+                }
                 while *word != u64::MAX && got < want {
                     let bit = (!*word).trailing_zeros() as usize;
                     *word |= 1 << bit;
@@ -943,13 +956,18 @@ impl<P: Persist + 'static> HeapCore<P> {
     /// Returns blocks of class `c` to their runs; releases runs that become empty (keeping one).
     fn return_blocks(&self, c: usize, blocks: &[*mut u8]) {
         let nb = run_blocks(c) as u32;
+        let run_bytes = run_pages(c) * PAGE;
         let mut bin = self.bins[c].0.lock();
+        // the run of the previous block: consecutive blocks usually share it
+        let (mut r, mut rbase) = (usize::MAX, 0usize);
         for &b in blocks {
-            let page = self.page_of(b);
             // SAFETY: `b` came from a run of class `c` of this heap; bin lock held.
             unsafe {
-                let r = self.pm(page).head as usize;
-                let idx = size_class::block_index(c, b as usize - self.page_ptr(r) as usize);
+                if (b as usize).wrapping_sub(rbase) >= run_bytes {
+                    r = self.pm(self.page_of(b)).head as usize;
+                    rbase = self.page_ptr(r) as usize;
+                }
+                let idx = size_class::block_index(c, b as usize - rbase);
                 let word = &mut *self.bitmap_words(r).add(idx / 64);
                 debug_assert!(*word & (1 << (idx % 64)) != 0, "double free of {b:p}");
                 *word &= !(1 << (idx % 64));
