@@ -48,37 +48,33 @@ pub(crate) fn max_cap(c: usize) -> usize {
     (GROW_BYTES / class_size(c)).clamp(cap(c), MAX_CAP)
 }
 
-#[repr(C)]
-pub(crate) struct TBin {
-    count: AtomicU32,
-    /// Current capacity; 0 = the initial [`cap`].
-    cap: AtomicU32,
-    slots: UnsafeCell<[*mut u8; MAX_CAP]>,
-}
-
-/// One thread's cache for one heap.
+/// One thread's cache for one heap. The counts and capacities of all classes are packed
+/// together (a few cache lines) ahead of the slot arrays, so that a workload touching many
+/// classes does not take a cache and TLB miss per class just to read a count.
 #[repr(C)]
 pub(crate) struct TCache {
-    bins: [TBin; NCLASSES],
+    count: [AtomicU32; NCLASSES],
+    /// Current capacity per class; 0 = the initial [`cap`].
+    cap: [AtomicU32; NCLASSES],
+    slots: [UnsafeCell<[*mut u8; MAX_CAP]>; NCLASSES],
 }
 
 impl TCache {
     #[inline]
     pub(crate) fn pop(&self, c: usize) -> Option<*mut u8> {
-        let b = &self.bins[c];
-        let n = b.count.load(Ordering::Relaxed);
+        let n = self.count[c].load(Ordering::Relaxed);
         if n == 0 {
             return None;
         }
-        b.count.store(n - 1, Ordering::Relaxed);
+        self.count[c].store(n - 1, Ordering::Relaxed);
         // SAFETY: only the owning thread touches the slots (module invariant); `n - 1 < cap`.
-        Some(unsafe { (*b.slots.get())[(n - 1) as usize] })
+        Some(unsafe { (*self.slots[c].get())[(n - 1) as usize] })
     }
 
     /// The current capacity of class `c`.
     #[inline]
     pub(crate) fn capacity(&self, c: usize) -> usize {
-        match self.bins[c].cap.load(Ordering::Relaxed) {
+        match self.cap[c].load(Ordering::Relaxed) {
             0 => cap(c),
             k => k as usize,
         }
@@ -91,23 +87,20 @@ impl TCache {
         if k >= m {
             return false;
         }
-        self.bins[c]
-            .cap
-            .store((k * 2).min(m) as u32, Ordering::Relaxed);
+        self.cap[c].store((k * 2).min(m) as u32, Ordering::Relaxed);
         true
     }
 
     /// Pushes unless full.
     #[inline]
     pub(crate) fn push(&self, c: usize, p: *mut u8) -> bool {
-        let b = &self.bins[c];
-        let n = b.count.load(Ordering::Relaxed);
+        let n = self.count[c].load(Ordering::Relaxed);
         if n as usize >= self.capacity(c) {
             return false;
         }
         // SAFETY: owner-only access; `n < cap <= MAX_CAP`.
-        unsafe { (*b.slots.get())[n as usize] = p };
-        b.count.store(n + 1, Ordering::Relaxed);
+        unsafe { (*self.slots[c].get())[n as usize] = p };
+        self.count[c].store(n + 1, Ordering::Relaxed);
         true
     }
 
@@ -121,41 +114,39 @@ impl TCache {
         want: usize,
         take: impl FnOnce(&mut [*mut u8]) -> usize,
     ) -> Option<*mut u8> {
-        let b = &self.bins[c];
-        debug_assert_eq!(b.count.load(Ordering::Relaxed), 0);
+        debug_assert_eq!(self.count[c].load(Ordering::Relaxed), 0);
         let want = want.min(self.capacity(c)).max(1);
         // SAFETY: owner-only access; the cache is empty, so the slots are free to overwrite.
-        let s = unsafe { &mut *b.slots.get() };
+        let s = unsafe { &mut *self.slots[c].get() };
         let got = take(&mut s[..want]);
         if got == 0 {
             return None;
         }
         s[..got].reverse();
-        b.count.store((got - 1) as u32, Ordering::Relaxed);
+        self.count[c].store((got - 1) as u32, Ordering::Relaxed);
         Some(s[got - 1])
     }
 
     /// Hands the oldest `k` cached blocks of class `c` (at most all of them) to `give`, then
     /// drops them from the cache; returns how many.
     pub(crate) fn drain_with(&self, c: usize, k: usize, give: impl FnOnce(&[*mut u8])) -> usize {
-        let b = &self.bins[c];
-        let n = b.count.load(Ordering::Relaxed) as usize;
+        let n = self.count[c].load(Ordering::Relaxed) as usize;
         let k = n.min(k);
         if k == 0 {
             return 0;
         }
         // SAFETY: owner-only (or quiescent) access; indexes below `n`.
-        let s = unsafe { &mut *b.slots.get() };
+        let s = unsafe { &mut *self.slots[c].get() };
         give(&s[..k]);
         s.copy_within(k..n, 0);
-        b.count.store((n - k) as u32, Ordering::Relaxed);
+        self.count[c].store((n - k) as u32, Ordering::Relaxed);
         k
     }
 
     /// Bytes held (for statistics; racy but atomic).
     pub(crate) fn cached_bytes(&self) -> u64 {
         (0..NCLASSES)
-            .map(|c| self.bins[c].count.load(Ordering::Relaxed) as u64 * class_size(c) as u64)
+            .map(|c| self.count[c].load(Ordering::Relaxed) as u64 * class_size(c) as u64)
             .sum()
     }
 }
