@@ -54,7 +54,7 @@ pub(crate) fn max_cap(c: usize) -> usize {
 #[repr(C)]
 pub(crate) struct TCache {
     count: [AtomicU32; NCLASSES],
-    /// Current capacity per class; 0 = the initial [`cap`].
+    /// Current capacity per class; 0 = not used yet (the initial [`cap`] on first use).
     cap: [AtomicU32; NCLASSES],
     slots: [UnsafeCell<[*mut u8; MAX_CAP]>; NCLASSES],
 }
@@ -71,18 +71,26 @@ impl TCache {
         Some(unsafe { (*self.slots[c].get())[(n - 1) as usize] })
     }
 
-    /// The current capacity of class `c`.
+    /// The current capacity of class `c` (set to the initial [`cap`] on first use).
     #[inline]
     pub(crate) fn capacity(&self, c: usize) -> usize {
         match self.cap[c].load(Ordering::Relaxed) {
-            0 => cap(c),
+            0 => {
+                self.cap[c].store(cap(c) as u32, Ordering::Relaxed);
+                cap(c)
+            }
             k => k as usize,
         }
     }
 
-    /// Doubles the capacity of class `c` up to [`max_cap`]; false if it is there already.
+    /// Doubles the capacity of class `c` up to [`max_cap`] (a cache not used yet gets its
+    /// initial capacity); false if it is at the maximum already.
     pub(crate) fn grow(&self, c: usize) -> bool {
-        let k = self.capacity(c);
+        let k = self.cap[c].load(Ordering::Relaxed) as usize;
+        if k == 0 {
+            self.cap[c].store(cap(c) as u32, Ordering::Relaxed);
+            return true;
+        }
         let m = max_cap(c);
         if k >= m {
             return false;
@@ -95,7 +103,9 @@ impl TCache {
     #[inline]
     pub(crate) fn push(&self, c: usize, p: *mut u8) -> bool {
         let n = self.count[c].load(Ordering::Relaxed);
-        if n as usize >= self.capacity(c) {
+        // a capacity of 0 (cache not used yet) sends the first free to the slow path, which
+        // sets it: one load and compare here
+        if n >= self.cap[c].load(Ordering::Relaxed) {
             return false;
         }
         // SAFETY: owner-only access; `n < cap <= MAX_CAP`.
