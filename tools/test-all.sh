@@ -9,6 +9,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh || exit 1
+# The tests that drive real programs (memcached, memccapable, redis, valgrind) skip when a tool is
+# missing only outside CI; the suite installs them above, so a missing one is a failure here.
+export CI="${CI:-true}"
 log=$(mktemp /tmp/pmem-test.XXXXXX.log)
 trap 'rm -f "$log"' EXIT
 failed_phases=()
@@ -30,6 +33,9 @@ phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 phase doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # the benchmarks compile and link (with the libpmem peer); the rest is built by the tests
 phase build-benches cargo build -p pmem-benches --all-targets --features libpmem --locked
+# includes the example cache (crash sweep, kill -9 loop, memccapable), the C ABI tests (C programs,
+# valgrind, kill -9, pkg-config) and the LD_PRELOAD acceptance tests (memcached + memccapable,
+# redis-server + redis-benchmark + BGSAVE)
 phase workspace-tests cargo test --workspace --locked
 # The tests whose behaviour depends on the flush path, once per path (the simulator-based tests
 # do not depend on it and run once above).
