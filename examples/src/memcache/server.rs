@@ -231,16 +231,111 @@ pub fn run(args: Args) -> Result<(), String> {
         memory_file: args.memory_file.display().to_string(),
         durable: args.durable,
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads as usize)
+    // memcached's model: one event loop per worker thread (a single-threaded runtime each, so
+    // a connection's wake-ups never hop threads), fed accepted sockets round-robin by the
+    // listener's loop on the main thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let mut workers = Vec::new();
+    for i in 0..args.threads.max(1) {
+        match spawn_worker(i, store.clone(), info.clone(), stop_rx.clone(), stop_tx.clone()) {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                for w in workers {
+                    let _ = w.handle.join();
+                }
+                return Err(format!("cannot start worker thread {i}: {e}"));
+            }
+        }
+    }
     let addr = SocketAddr::new(args.listen, args.port);
-    let res = rt.block_on(serve(addr, store.clone(), info, start, summary));
+    let txs: Vec<_> = workers.iter().map(|w| w.tx.clone()).collect();
+    let res = rt.block_on(serve(
+        addr,
+        store.clone(),
+        info,
+        start,
+        summary,
+        txs,
+        (stop_tx.clone(), stop_rx),
+    ));
+    let _ = stop_tx.send(true);
+    // In-flight commands finish (each worker drains its connections) before the store shuts
+    // down.
+    for w in workers {
+        let _ = w.handle.join();
+    }
     store.shutdown();
     rt.shutdown_timeout(Duration::from_secs(1));
     res
+}
+
+/// A worker thread: its event loop and the channel that hands it accepted sockets.
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+fn spawn_worker(
+    i: u32,
+    store: Arc<dyn CacheStore>,
+    info: Arc<ServerInfo>,
+    stop_rx: watch::Receiver<bool>,
+    stop_tx: Arc<watch::Sender<bool>>,
+) -> std::io::Result<Worker> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = std::thread::Builder::new()
+        .name(format!("mc-worker-{i}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut conns = tokio::task::JoinSet::new();
+                let mut stop = stop_rx.clone();
+                loop {
+                    tokio::select! {
+                        s = rx.recv() => {
+                            let Some(s) = s else { break };
+                            let sock = match TcpStream::from_std(s) {
+                                Ok(x) => x,
+                                Err(_) => {
+                                    info.curr_connections.fetch_sub(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                            };
+                            let (store, info, stop_rx, stop_tx) =
+                                (store.clone(), info.clone(), stop_rx.clone(), stop_tx.clone());
+                            conns.spawn(async move {
+                                if connection(sock, &*store, &info, stop_rx).await {
+                                    let _ = stop_tx.send(true);
+                                }
+                                info.curr_connections.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        }
+                        _ = stop.changed() => break,
+                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    }
+                }
+                // Let in-flight commands finish (each connection stops at its next read).
+                let drain = async { while conns.join_next().await.is_some() {} };
+                if tokio::time::timeout(Duration::from_secs(5), drain)
+                    .await
+                    .is_err()
+                {
+                    conns.abort_all();
+                    // Aborted tasks stop at their next await point; wait for that so that no
+                    // command is still running when the store shuts down.
+                    while conns.join_next().await.is_some() {}
+                }
+            })
+        })?;
+    Ok(Worker { tx, handle })
 }
 
 async fn serve(
@@ -249,6 +344,8 @@ async fn serve(
     info: Arc<ServerInfo>,
     start: Instant,
     summary: String,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+    (stop_tx, stop_rx): (Arc<watch::Sender<bool>>, watch::Receiver<bool>),
 ) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let listener = TcpListener::bind(addr)
@@ -263,9 +360,8 @@ async fn serve(
     let mut term = sig(SignalKind::terminate())?;
     let mut int = sig(SignalKind::interrupt())?;
     let mut usr1 = sig(SignalKind::user_defined1())?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let mut conns = tokio::task::JoinSet::new();
+    let mut next = 0usize;
     let mut stop_wait = stop_rx.clone();
     // Background work of the store (expired-item crawler, counters) about once a second.
     let maint = {
@@ -317,14 +413,14 @@ async fn serve(
                     continue;
                 }
                 let _ = sock.set_nodelay(true);
-                let (store, info, stop_rx, stop_tx) =
-                    (store.clone(), info.clone(), stop_rx.clone(), stop_tx.clone());
-                conns.spawn(async move {
-                    if connection(sock, &*store, &info, stop_rx).await {
-                        let _ = stop_tx.send(true);
-                    }
-                    info.curr_connections.fetch_sub(1, Ordering::Relaxed);
+                // hand the socket to the next worker's event loop
+                let handed = sock.into_std().ok().and_then(|s| {
+                    next = next.wrapping_add(1);
+                    workers[next % workers.len()].send(s).ok()
                 });
+                if handed.is_none() {
+                    info.curr_connections.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             // Reap finished connection tasks so the set does not grow.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -334,17 +430,11 @@ async fn serve(
     let _ = stop_tx.send(true);
     // A maintenance pass in progress finishes before the store shuts down.
     let _ = maint.await;
-    // Let in-flight commands finish (each connection stops at its next read).
-    let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        conns.abort_all();
-        // Aborted tasks stop at their next await point; wait for that so that no command
-        // is still running when the store shuts down.
+    // (rejection messages still being written)
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while conns.join_next().await.is_some() {}
-    }
+    })
+    .await;
     if info.verbosity.load(Ordering::Relaxed) > 0 {
         eprintln!("pmem-memcached: shutting down");
     }
