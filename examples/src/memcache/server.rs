@@ -242,7 +242,13 @@ pub fn run(args: Args) -> Result<(), String> {
     let stop_tx = Arc::new(stop_tx);
     let mut workers = Vec::new();
     for i in 0..args.threads.max(1) {
-        match spawn_worker(i, store.clone(), info.clone(), stop_rx.clone(), stop_tx.clone()) {
+        match spawn_worker(
+            i,
+            store.clone(),
+            info.clone(),
+            stop_rx.clone(),
+            stop_tx.clone(),
+        ) {
             Ok(w) => workers.push(w),
             Err(e) => {
                 let _ = stop_tx.send(true);
