@@ -127,7 +127,9 @@ impl<'a> Tracer<'a> {
         let (p, size, _, _) = self.target.block_at(self.root_off as usize)?;
         // SAFETY: `block_at` returns a block inside the mapped pool; the pool is opened by a
         // single thread and nothing writes while the tracer runs.
-        Some((self.root_off, unsafe { std::slice::from_raw_parts(p, size) }))
+        Some((self.root_off, unsafe {
+            std::slice::from_raw_parts(p, size)
+        }))
     }
 
     /// Marks the block starting at pool offset `off` (the offset of a [`crate::PPtr`], tag or

@@ -126,7 +126,10 @@ fn mark_rejects_interior_and_out_of_range_offsets() {
         assert!(matches!(t.mark(root_off), Mark::Seen), "root is pre-marked");
         assert!(matches!(t.mark(root_off + 8), Mark::Invalid), "interior");
         assert!(matches!(t.mark(0), Mark::Invalid));
-        assert!(matches!(t.mark(u64::MAX >> 17), Mark::Invalid), "beyond the pool");
+        assert!(
+            matches!(t.mark(u64::MAX >> 17), Mark::Invalid),
+            "beyond the pool"
+        );
         assert_eq!(t.marked(), 1);
     }
     let d = tempfile::tempdir().unwrap();
