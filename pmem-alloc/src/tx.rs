@@ -179,6 +179,8 @@ struct LaneVol {
     allocs: Vec<(*mut u8, usize)>,
     /// Blocks to free at commit.
     frees: Vec<*mut u8>,
+    /// Staging buffer for the entries of one snapshot call.
+    stage: Vec<u8>,
     /// Ranges registered in the pool's borrow table.
     borrows: usize,
     /// A nested transaction failed: the transaction must abort.
@@ -443,6 +445,7 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             entries: Vec::new(),
             allocs: Vec::new(),
             frees: Vec::new(),
+            stage: Vec::new(),
             borrows: 0,
             poisoned: false,
         }));
@@ -809,34 +812,41 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         }
         let v = self.v();
         let pers = self.pers();
-        let base = self.base() as *mut u8;
+        let base = self.base() as *const u8;
+        // The entries are assembled in DRAM and copied to the log in one piece: the copy uses
+        // non-temporal stores when it is large enough (the log is write-only at run time, so
+        // its lines need not be read into the cache first).
+        let mut stage = std::mem::take(&mut v.stage);
+        stage.clear();
+        let start = v.used;
         for &(off, len) in ranges {
             if len == 0 || self.covered(v, off, len) {
                 continue;
             }
-            let pos = v.used;
-            // SAFETY: `pos + footprint(len) <= cap` (ensured above): the entry fits the log; the
-            // range is inside the pool (checked by the callers); the log and the range do not
-            // overlap (the log is a block of its own that the application never sees).
-            unsafe {
-                let dst = v.log.add(pos);
-                let src = base.add(off);
-                std::ptr::copy_nonoverlapping(src, dst.add(UNDO_ENTRY_HEADER), len);
-                let data = std::slice::from_raw_parts(dst.add(UNDO_ENTRY_HEADER), len);
-                let mut e = UndoEntry {
-                    off: Le64::new(off as u64),
-                    len: Le32::new(len as u32),
-                    kind: Le32::new(entry_kind(self.lane)),
-                    gen: Le64::new(v.gen),
-                    checksum: Le64::new(0),
-                };
-                e.checksum = Le64::new(e.compute_checksum(data));
-                std::ptr::copy_nonoverlapping(as_bytes(&e).as_ptr(), dst, UNDO_ENTRY_HEADER);
-                pers.flush(dst, UNDO_ENTRY_HEADER + len);
-            }
+            let pos = start + stage.len();
+            let hdr_at = stage.len();
+            stage.resize(hdr_at + UndoEntry::footprint(len), 0);
+            // SAFETY: the range is inside the pool (checked by the callers) and is not being
+            // written (the application modifies it only after this call returns).
+            let old = unsafe { std::slice::from_raw_parts(base.add(off), len) };
+            stage[hdr_at + UNDO_ENTRY_HEADER..hdr_at + UNDO_ENTRY_HEADER + len]
+                .copy_from_slice(old);
+            let mut e = UndoEntry {
+                off: Le64::new(off as u64),
+                len: Le32::new(len as u32),
+                kind: Le32::new(entry_kind(self.lane)),
+                gen: Le64::new(v.gen),
+                checksum: Le64::new(0),
+            };
+            e.checksum = Le64::new(e.compute_checksum(old));
+            stage[hdr_at..hdr_at + UNDO_ENTRY_HEADER].copy_from_slice(as_bytes(&e));
             v.entries.push((off, len, pos));
-            v.used += UndoEntry::footprint(len);
         }
+        // SAFETY: `start + stage.len() <= cap` (ensured above): the entries fit the log, which
+        // is a block of its own that the application never sees.
+        unsafe { pers.memcpy_nodrain(v.log.add(start), stage.as_ptr(), stage.len()) };
+        v.used += stage.len();
+        v.stage = stage;
         // Ordering: the entries are durable before the caller modifies the ranges.
         pers.drain();
         Ok(())
