@@ -112,9 +112,9 @@
 
 use crate::heap::HeapCore;
 use crate::layout::{
-    as_bytes, read_from, LaneArea, LaneHeader, Le32, Le64, UndoEntry, HEADER_AREA, LANE_HEADER,
-    LANE_INLINE_LOG, LANE_MAGIC, LANE_SIZE, MAX_LANES, PPTR_OFFSET_MASK, UNDO_ENTRY_HEADER,
-    UNDO_KIND_SNAPSHOT,
+    as_bytes, read_from, undo_checksum, LaneArea, LaneHeader, Le32, Le64, UndoEntry, HEADER_AREA,
+    LANE_HEADER, LANE_INLINE_LOG, LANE_MAGIC, LANE_SIZE, MAX_LANES, PPTR_OFFSET_MASK,
+    UNDO_ENTRY_HEADER, UNDO_KIND_SNAPSHOT,
 };
 use crate::persist::{Hardware, Persist};
 use crate::pool::{Pool, PoolError};
@@ -351,9 +351,10 @@ unsafe fn scan_log(log: *const u8, cap: usize, gen: u64, lane: usize, pool: usiz
         {
             break;
         }
-        // SAFETY: the data lies inside the log (checked just above).
-        let data = unsafe { std::slice::from_raw_parts(log.add(pos + UNDO_ENTRY_HEADER), len) };
-        if e.checksum.get() != e.compute_checksum(data) {
+        // SAFETY: the entry lies inside the log (checked just above).
+        let covered =
+            unsafe { std::slice::from_raw_parts(log.add(pos + 8), UndoEntry::footprint(len) - 8) };
+        if e.checksum.get() != undo_checksum(covered) {
             break;
         }
         out.push(Found { off, len, pos });
@@ -831,15 +832,17 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
             let old = unsafe { std::slice::from_raw_parts(base.add(off), len) };
             stage[hdr_at + UNDO_ENTRY_HEADER..hdr_at + UNDO_ENTRY_HEADER + len]
                 .copy_from_slice(old);
-            let mut e = UndoEntry {
+            let e = UndoEntry {
+                checksum: Le64::new(0),
                 off: Le64::new(off as u64),
                 len: Le32::new(len as u32),
                 kind: Le32::new(entry_kind(self.lane)),
                 gen: Le64::new(v.gen),
-                checksum: Le64::new(0),
             };
-            e.checksum = Le64::new(e.compute_checksum(old));
+            let end = hdr_at + UndoEntry::footprint(len);
             stage[hdr_at..hdr_at + UNDO_ENTRY_HEADER].copy_from_slice(as_bytes(&e));
+            let sum = undo_checksum(&stage[hdr_at + 8..end]);
+            stage[hdr_at..hdr_at + 8].copy_from_slice(&sum.to_le_bytes());
             v.entries.push((off, len, pos));
         }
         // SAFETY: `start + stage.len() <= cap` (ensured above): the entries fit the log, which

@@ -1,6 +1,6 @@
 //! Transactions: commit, abort, panic, nesting, allocation and free, borrow checks, fence
-//! counts (measured with the simulator), rollback at open, pools without lanes, and a
-//! randomized comparison with a model.
+//! counts (measured with the simulator), rollback at open, pools without lanes, corrupted lane
+//! areas, and a randomized comparison with a model.
 
 use pmem_alloc::layout::{self, PoolHeader};
 use pmem_alloc::pool::Pool;
@@ -527,4 +527,57 @@ fn random_transactions_match_a_model() {
         let chk = pool.check().unwrap();
         assert_eq!(chk.run_blocks_live + chk.large, 1 + 1 + model_list.len());
     }
+}
+
+/// Random byte changes in the lane area and its overflow log of an image with an uncommitted
+/// transaction: the open returns a typed error or a pool (whose checker is then run); never a
+/// panic or a write outside the pool.
+#[test]
+fn corrupted_lanes_never_panic() {
+    let (media, pool) = sim_pool();
+    let root = pool.root::<Root>().unwrap();
+    push(&pool, 1).unwrap();
+    let big = pool.alloc_zeroed_bytes(3000).unwrap();
+    let mut mid = Vec::new();
+    let _ = pool.transaction(|tx| {
+        tx.snapshot(big, 3000)?; // overflow log
+        tx.get_mut(root)?.len = 5;
+        tx.pool().persist_val(root);
+        mid = media.durable_image();
+        Err::<(), _>(TxError::Aborted)
+    });
+    let slots: Vec<layout::StateSlot> = [256, 320]
+        .iter()
+        .map(|&o| layout::read_from(&mid[o..]).unwrap())
+        .collect();
+    let slot = slots
+        .iter()
+        .filter(|s| s.valid())
+        .max_by_key(|s| s.seq.get())
+        .unwrap();
+    let lanes = slot.lanes.get() as usize;
+    assert_ne!(lanes, 0);
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut errors, mut opened) = (0, 0);
+    for case in 0..300 {
+        let mut img = mid.clone();
+        // the area header and lane 0's header and inline log, or anywhere in the image
+        for _ in 0..rng.gen_range(1..4) {
+            let at = if case % 3 == 2 {
+                rng.gen_range(4096..img.len())
+            } else {
+                lanes + rng.gen_range(0..64 + 1024)
+            };
+            img[at] ^= 1 << rng.gen_range(0..8);
+        }
+        let m = Arc::new(SimMedia::from_image_strict(&img));
+        match Pool::open_sim(m) {
+            Ok(mut p) => {
+                opened += 1;
+                let _ = p.check();
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    assert_eq!(errors + opened, 300);
 }
