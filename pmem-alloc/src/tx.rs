@@ -19,7 +19,7 @@
 //! A pool has up to 64 *lanes*, created on its first transaction; a transaction holds one lane
 //! for its duration. A lane is a 64-byte header (`gen`, `ext`) and a 960-byte inline log; a
 //! transaction that saves more moves its log to an overflow block from the heap (kept by the
-//! lane for later transactions). An undo entry (offset, length, kind and lane, `gen`, CRC-32,
+//! lane for later transactions). An undo entry (64-bit checksum, offset, length, kind and lane, `gen`,
 //! old bytes) is valid only while its `gen` equals the lane's.
 //!
 //! - **snapshot** (one call, any number of ranges): write the entries, flush them, *one fence*;
