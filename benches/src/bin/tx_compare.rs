@@ -342,15 +342,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| ranges | PMDK ns | ours snapshot_many ns (fences) | ours snapshot per range ns (fences) | ours get_mut per range ns (fences) | PMDK / ours (snapshot_many) | PMDK / ours (per range) |"
     )?;
     writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|")?;
-    let mut worst = f64::INFINITY;
-    let mut worst_like = f64::INFINITY;
+    let (mut met, mut missed, mut met_per) = (Vec::new(), Vec::new(), Vec::new());
     for (ri, &n) in cli.ranges.iter().enumerate() {
         let med: Vec<f64> = samples[ri].iter_mut().map(|v| median(v)).collect();
         let fences: Vec<usize> = styles.iter().map(|&s| our_fences(n, s)).collect();
         let r_many = med[0] / med[1];
         let r_per = med[0] / med[2];
-        worst = worst.min(r_many);
-        worst_like = worst_like.min(r_per);
+        if r_many >= 5.0 {
+            met.push(n);
+        } else {
+            missed.push(n);
+        }
+        if r_per >= 5.0 {
+            met_per.push(n);
+        }
         writeln!(
             md,
             "| {n} | {:.0} | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) | {:.1}x | {:.1}x |",
@@ -371,23 +376,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         median(&mut samples[0][0].clone()),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
-    let verdict = |r: f64| if r >= 5.0 { "met" } else { "not met" };
+    let list = |v: &[usize]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
     writeln!(
         md,
-        "**Verdict (goal: at least 5x faster than PMDK):** with `snapshot_many` the smallest \
-         ratio is {worst:.1}x: goal {}; with one snapshot call per range (PMDK's own pattern, \
-         one fence per call) the smallest ratio is {worst_like:.1}x: goal {}.\n",
-        verdict(worst),
-        verdict(worst_like)
+        "**Verdict (goal: at least 5x faster than PMDK):** with `snapshot_many` the goal is met \
+         for {} range(s) and not met for {}; with one snapshot call per range (PMDK's own \
+         pattern, one fence per call) it is met for {}. The goal is not met in general: a \
+         durable undo-log transaction needs a fence between saving a range and modifying it, \
+         and one between making the new contents durable and invalidating the log, so it costs \
+         at least three fences here as PMDK's does; the margin grows with the number of ranges \
+         saved per fence.\n",
+        list(&met),
+        list(&missed),
+        list(&met_per)
     )?;
     writeln!(
         md,
-        "Fence counts (docs/format.md, \"Transactions\"): a snapshot call costs one fence \
+        "Fence counts (docs/format.md, \"Transaction lanes\"): a snapshot call costs one fence \
          whatever the number of ranges it saves, the commit two (the saved ranges and new \
          blocks are flushed and fenced, then the lane generation is bumped with one 8-byte \
-         store, flushed and fenced). On this tmpfs a fence orders flushes of DRAM-backed \
-         lines; on real persistent memory each fence waits for the media, which widens the \
-         gap in proportion to the fence counts."
+         store, flushed and fenced). Here a fence waits for write-backs to DRAM (tmpfs); on \
+         persistent memory it waits for the media, and the ratios depend mostly on the fence \
+         counts."
     )?;
     print!("{md}");
     if let Some(p) = &cli.md {
