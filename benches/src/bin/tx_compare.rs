@@ -390,11 +390,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         md,
         "**Verdict (goal: at least 5x faster than PMDK):** with `snapshot_many` the goal is met \
          for {} range(s) and not met for {}; with one snapshot call per range (PMDK's own \
-         pattern, one fence per call) it is met for {}. The goal is not met in general: a \
-         durable undo-log transaction needs a fence between saving a range and modifying it, \
-         and one between making the new contents durable and invalidating the log, so it costs \
-         at least three fences here as PMDK's does; the margin grows with the number of ranges \
-         saved per fence.\n",
+         pattern, one fence per call) it is met for {}. The goal is not met in general: an \
+         undo-log transaction that is durable when it returns needs a fence between saving a \
+         range and modifying it, one between making the new contents durable and invalidating \
+         the log, and one after the invalidation, so a small transaction costs about three \
+         fences whatever the software around them; the margin grows with the number of \
+         ranges saved per fence.\n",
         list(&met),
         list(&missed),
         list(&met_per)
