@@ -315,3 +315,79 @@ fn crash_sweep_tx_every_fence_point_strict_and_with_evictions() {
     assert_eq!(failed, 0);
     assert!(checked >= 10_000, "only {checked} crash images");
 }
+
+/// A crash during the rollback that an open performs (every fence of the recovering open, with
+/// and without evictions): the next open still finds the state before the transaction.
+#[test]
+fn crash_during_rollback_at_open() {
+    let media = Arc::new(SimMedia::new_strict(POOL));
+    let pool = Pool::create_sim(media.clone()).unwrap();
+    let root = pool.root::<Root>().unwrap();
+    pool.transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        for c in r.counters.iter_mut() {
+            *c = tx.alloc([1000u64; PER])?;
+        }
+        r.blob = tx.alloc([0u8; BLOB])?;
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+    let before = read_state(&pool).unwrap();
+    // an uncommitted transaction whose modifications all reached the media
+    let mut mid = Vec::new();
+    let _ = pool.transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        r.txn = 99;
+        let ranges: Vec<_> = r.counters.iter().map(|c| (c.cast::<u8>(), 64)).collect();
+        tx.snapshot_many(&ranges)?;
+        for c in r.counters {
+            let a = tx.pool().get(c).unwrap();
+            // SAFETY: saved above; single-threaded.
+            unsafe { (*a)[0] = 0 };
+            tx.pool().persist_val(c);
+        }
+        let b = tx.get_mut(r.blob)?;
+        b.fill(7);
+        tx.pool().persist_val(r.blob);
+        tx.pool().persist_val(root);
+        mid = media.durable_image();
+        Err::<(), _>(TxError::Aborted)
+    });
+    // the recovering open, recorded
+    let m = Arc::new(SimMedia::from_image(&mid));
+    let p = Pool::open_sim(m.clone()).unwrap();
+    assert_eq!(p.open_report().tx_rolled_back, 1);
+    assert_eq!(read_state(&p).unwrap(), before);
+    p.abandon();
+    let rec = m.recording();
+    assert!(rec.fences() >= 2);
+    let r = rec.sweep(
+        Evictions::Random {
+            seed: 11,
+            samples: 20,
+        },
+        |img| {
+            let media = Arc::new(SimMedia::from_image_strict(img.bytes));
+            let mut pool = Pool::open_sim(media).map_err(|e| format!("open: {e}"))?;
+            let st = read_state(&pool)?;
+            if st != before {
+                return Err(format!("found txn {}, counters {:?}", st.txn, st.counters));
+            }
+            pool.check().map_err(|e| format!("check: {e}"))?;
+            Ok(())
+        },
+    );
+    for f in r.failures.iter().take(5) {
+        eprintln!(
+            "crash point {} variant {}: {}",
+            f.crash_point, f.variant, f.message
+        );
+    }
+    println!(
+        "crash during rollback: {} images over {} crash points, {} failures",
+        r.checked,
+        r.crash_points,
+        r.failures.len()
+    );
+    assert!(r.failures.is_empty());
+}
