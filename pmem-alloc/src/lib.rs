@@ -23,4 +23,4 @@ pub use map::{MapError, MapKind, MapOptions, Mapping};
 pub use persist::{Hardware, NoPersist, Persist};
 pub use pool::{Pool, PoolError, PoolOptions};
 pub use pptr::{AtomicPPtr, PPtr, PSafe};
-pub use tx::{Tx, TxError};
+pub use tx::{PBox, Tx, TxError};

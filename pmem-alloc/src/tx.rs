@@ -5,8 +5,10 @@
 //! - borrows objects for update with [`Tx::get_mut`] (the whole `T` is saved in the undo log
 //!   first) or saves raw ranges with [`Tx::snapshot`] / [`Tx::snapshot_many`] before writing
 //!   them through raw pointers;
-//! - allocates with [`Tx::alloc`] (released again if the transaction aborts) and frees with
-//!   [`Tx::free`] (takes effect only when the transaction commits).
+//! - allocates with [`Tx::alloc`] or [`Tx::alloc_box`] (released again if the transaction
+//!   aborts) and frees with [`Tx::free_box`] or the unsafe [`Tx::free`] (takes effect only when
+//!   the transaction commits). A [`PBox`] owns its object and remembers its pool, so safe code
+//!   frees only what it owns, and only in the right pool.
 //!
 //! Returning `Ok` commits; returning `Err`, or panicking, rolls every saved range back and
 //! releases the transaction's allocations (a panic then resumes unwinding). A crash at any
@@ -152,6 +154,9 @@ pub enum TxError {
     /// the application aborts with it.
     #[error("the transaction was aborted")]
     Aborted,
+    /// A [`PBox`] of another pool.
+    #[error("the box belongs to another pool")]
+    WrongPool,
     /// The transaction lanes could not be created.
     #[error("cannot create the transaction lanes: {0}")]
     Lanes(String),
@@ -660,6 +665,65 @@ impl<P: Persist + 'static> Pool<P> {
     }
 }
 
+/// An owned object in a pool: the handle through which safe code allocates and frees. It
+/// remembers its pool (the first 8 bytes of the pool's UUID), so freeing it in a transaction of
+/// another pool fails with [`TxError::WrongPool`]. It is a volatile handle, not storable in the
+/// pool: link an object with [`PBox::as_pptr`] (the box still owns it) or give the ownership to
+/// the pool with [`PBox::into_pptr`], and take it back with [`PBox::from_pptr`] to free it.
+///
+/// # Examples
+/// ```
+/// use pmem_alloc::pool::{Pool, PoolOptions};
+/// use pmem_alloc::tx::TxError;
+/// let dir = tempfile::tempdir()?;
+/// let pool = Pool::create(&dir.path().join("b.pool"), 8 << 20, &PoolOptions::default())?;
+/// pool.transaction(|tx| {
+///     let b = tx.alloc_box(41u64)?;
+///     *tx.get_mut(b.as_pptr())? += 1;
+///     tx.free_box(b) // freed when the transaction commits
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct PBox<T: PSafe> {
+    ptr: PPtr<T>,
+    pool: u64,
+}
+
+impl<T: PSafe> std::fmt::Debug for PBox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PBox({:?})", self.ptr)
+    }
+}
+
+fn pool_id<P: Persist + 'static>(pool: &Pool<P>) -> u64 {
+    u64::from_le_bytes(pool.uuid()[..8].try_into().expect("8 bytes"))
+}
+
+impl<T: PSafe> PBox<T> {
+    /// The pointer to store in links (the box keeps the ownership).
+    pub fn as_pptr(&self) -> PPtr<T> {
+        self.ptr
+    }
+
+    /// Gives up the ownership: the object now belongs to whatever links it.
+    pub fn into_pptr(self) -> PPtr<T> {
+        self.ptr
+    }
+
+    /// Takes the ownership of an object of `pool` back (to free it).
+    ///
+    /// # Safety
+    /// `p` must be a live block of `pool` allocated for a `T` (by [`Tx::alloc`],
+    /// [`Tx::alloc_box`] or the pool's allocation functions) that no other `PBox` owns and that
+    /// is not freed otherwise.
+    pub unsafe fn from_pptr<P: Persist + 'static>(pool: &Pool<P>, p: PPtr<T>) -> Self {
+        PBox {
+            ptr: p,
+            pool: pool_id(pool),
+        }
+    }
+}
+
 /// A running transaction (see the [module documentation](crate::tx)). Handed to the closure of
 /// [`Pool::transaction`]; references it returns live as long as the transaction.
 pub struct Tx<'t, P: Persist + 'static = Hardware> {
@@ -901,6 +965,28 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         // SAFETY: a fresh block of at least size_of::<T>() bytes with T's alignment.
         unsafe { std::ptr::write(p.cast::<T>(), value) };
         Ok(PPtr::from_offset((p as usize - self.base()) as u64))
+    }
+
+    /// Like [`Tx::alloc`], returning an owning [`PBox`] (freed by [`Tx::free_box`] without
+    /// `unsafe`).
+    pub fn alloc_box<T: PSafe>(&self, value: T) -> Result<PBox<T>, TxError> {
+        Ok(PBox {
+            ptr: self.alloc(value)?,
+            pool: pool_id(self.pool),
+        })
+    }
+
+    /// Frees a boxed object when the transaction commits (as [`Tx::free`]; nothing happens if
+    /// it aborts). Fails with [`TxError::WrongPool`] for a box of another pool. The
+    /// application's remaining obligation is logical: links to the object should be removed
+    /// in this transaction (a dangling [`PPtr`] reads whatever later occupies the block).
+    pub fn free_box<T: PSafe>(&self, b: PBox<T>) -> Result<(), TxError> {
+        if b.pool != pool_id(self.pool) {
+            return Err(TxError::WrongPool);
+        }
+        // SAFETY: a `PBox` owns a live block of its pool (checked to be this one), allocated
+        // for a `T`, and is consumed here, so it is freed once.
+        unsafe { self.free(b.ptr) }
     }
 
     /// Allocates `size` zeroed bytes (16-byte aligned), as [`Tx::alloc`].

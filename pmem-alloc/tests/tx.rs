@@ -581,3 +581,41 @@ fn corrupted_lanes_never_panic() {
     }
     assert_eq!(errors + opened, 300);
 }
+
+#[test]
+fn boxes_are_tied_to_their_pool() {
+    let (_m, pool) = sim_pool();
+    let (_m2, other) = sim_pool();
+    let root = pool.root::<Root>().unwrap();
+    let b = pool
+        .transaction(|tx| {
+            let b = tx.alloc_box(Node {
+                value: 3,
+                next: PPtr::null(),
+            })?;
+            tx.get_mut(root)?.head = b.as_pptr();
+            Ok::<_, TxError>(b)
+        })
+        .unwrap();
+    // a box of `pool` cannot be freed in a transaction of `other`
+    let res = other.transaction(|tx| tx.free_box(b));
+    assert_eq!(res, Err(TxError::WrongPool));
+    let mut pool = pool;
+    let live = {
+        let c = pool.check().unwrap();
+        c.run_blocks_live + c.large
+    };
+    let pool = pool;
+    pool.transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        // SAFETY: the head node was allocated for a Node in this pool; no box owns it (the one
+        // above was consumed by the failed free).
+        let b = unsafe { pmem_alloc::tx::PBox::from_pptr(&pool, r.head) };
+        r.head = PPtr::null();
+        tx.free_box(b)
+    })
+    .unwrap();
+    let mut pool = pool;
+    let c = pool.check().unwrap();
+    assert_eq!(c.run_blocks_live + c.large, live - 1);
+}
