@@ -763,6 +763,38 @@ impl<P: Persist + 'static> Pool<P> {
         &self.tx
     }
 
+    /// Whether `off..off+len` overlaps allocator metadata: page 0 or a zone's metadata pages
+    /// (its header, page map and bitmaps). Reads the zone headers, which are immutable once the
+    /// pool size covers them (the size is published after the zone is written).
+    pub(crate) fn overlaps_metadata(&self, off: usize, len: usize) -> bool {
+        let size = self.size();
+        if off < HEADER_AREA {
+            return true;
+        }
+        let end = off.saturating_add(len.max(1));
+        let mut start = 1usize;
+        while start * PAGE < size {
+            let zh = self.base.wrapping_add(start * PAGE);
+            // SAFETY: a zone header inside the pool (zones tile the pool from page 1); these
+            // 16 bytes are not written after the zone was published.
+            let (npages, meta) = unsafe {
+                (
+                    u64::from_le((zh.add(24) as *const u64).read_unaligned()) as usize,
+                    u64::from_le((zh.add(32) as *const u64).read_unaligned()) as usize,
+                )
+            };
+            let meta_end = (start + meta) * PAGE;
+            if off < meta_end && start * PAGE < end {
+                return true;
+            }
+            if npages == 0 {
+                break;
+            }
+            start += npages;
+        }
+        false
+    }
+
     /// Records the transaction lane area in the state (durable: the commit point of the lanes'
     /// creation).
     pub(crate) fn set_lanes(&self, off: u64) {

@@ -49,7 +49,12 @@
 //! # Typed access
 //! [`Tx::get`] and [`Tx::get_mut`] hand out references whose lifetime is the transaction's:
 //! they cannot leave the closure (its argument's lifetime is higher-ranked), so no reference
-//! into the pool outlives the transaction or the pool. Only [`PSafe`] types are accessible.
+//! into the pool outlives the transaction or the pool. Only [`PSafe`] types are accessible,
+//! and every pointer and range is checked: inside the pool, aligned, and outside the
+//! allocator's metadata (page 0, zone headers, page maps, bitmaps) and the lane area. What is
+//! not checked is that a pointer names a live object of its type (a [`PPtr`] is an offset; a
+//! stale one reads whatever now occupies the block, which `PSafe` makes a logic error rather
+//! than undefined behaviour).
 //! Every borrowed range is registered with the pool until its transaction ends; a range that
 //! overlaps one borrowed mutably (by this or any other running transaction) is refused with
 //! [`TxError::Borrowed`], so safe code cannot obtain aliasing `&mut` references, and two
@@ -794,7 +799,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     /// the log (reading needs no undo). Fails for invalid pointers and for ranges borrowed
     /// mutably.
     pub fn get<T: PSafe>(&self, p: PPtr<T>) -> Result<&'t T, TxError> {
-        let a = self.pool.get(p).ok_or(TxError::InvalidPointer)?;
+        let a = self.target(p)?;
         self.register(a as usize, std::mem::size_of::<T>(), false)?;
         // SAFETY: `a` is an aligned, in-bounds `T` of the pool (checked by `get`); every bit
         // pattern is a valid `T` (PSafe); no mutable borrow of the range exists in any running
@@ -809,7 +814,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     /// already borrowed in this or another running transaction: borrow each object once.
     #[allow(clippy::mut_from_ref)]
     pub fn get_mut<T: PSafe>(&self, p: PPtr<T>) -> Result<&'t mut T, TxError> {
-        let a = self.pool.get(p).ok_or(TxError::InvalidPointer)?;
+        let a = self.target(p)?;
         let size = std::mem::size_of::<T>();
         self.register(a as usize, size, true)?;
         self.save(&[(a as usize - self.base(), size)])?;
@@ -840,10 +845,28 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         if p.is_null()
             || off < HEADER_AREA
             || off.checked_add(len).is_none_or(|e| e > self.pool.size())
+            || self.pool.overlaps_metadata(off, len)
+            || self.in_lanes(off, len)
         {
             return Err(TxError::InvalidPointer);
         }
         Ok(off)
+    }
+
+    /// Whether the range overlaps the lane area.
+    fn in_lanes(&self, off: usize, len: usize) -> bool {
+        self.pool.tx_shared().table().is_some_and(|t| {
+            let end = t.area_off + LaneArea::bytes(t.nlanes);
+            off < end && t.area_off < off + len.max(1)
+        })
+    }
+
+    /// The address of a `T` the transaction may hand out: in bounds, aligned, outside the
+    /// allocator's metadata and the lane area.
+    fn target<T>(&self, p: PPtr<T>) -> Result<*mut T, TxError> {
+        let a = self.pool.get(p).ok_or(TxError::InvalidPointer)?;
+        self.check_range(p.cast::<u8>(), std::mem::size_of::<T>())?;
+        Ok(a)
     }
 
     /// Whether `off..off+len` needs no new entry: inside a block allocated by this transaction

@@ -619,3 +619,27 @@ fn boxes_are_tied_to_their_pool() {
     let c = pool.check().unwrap();
     assert_eq!(c.run_blocks_live + c.large, live - 1);
 }
+
+#[test]
+fn metadata_and_lanes_are_out_of_reach() {
+    let (_m, pool) = sim_pool();
+    let root = pool.root::<Root>().unwrap();
+    push(&pool, 1).unwrap();
+    pool.transaction(|tx| {
+        // zone 0's header and page map (page 1), and page 0
+        for off in [4096u64, 4096 + 64, 8192, 100] {
+            assert_eq!(
+                tx.get_mut(PPtr::<u64>::from_offset(off)).err(),
+                Some(TxError::InvalidPointer),
+                "offset {off}"
+            );
+            assert_eq!(
+                tx.snapshot(PPtr::<u8>::from_offset(off), 8).err(),
+                Some(TxError::InvalidPointer)
+            );
+        }
+        tx.get(root)?;
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+}
