@@ -54,7 +54,8 @@
 //! allocator's metadata (page 0, zone headers, page maps, bitmaps) and the lane area. What is
 //! not checked is that a pointer names a live object of its type (a [`PPtr`] is an offset; a
 //! stale one reads whatever now occupies the block, which `PSafe` makes a logic error rather
-//! than undefined behaviour).
+//! than undefined behaviour; but a stale pointer to a block that another thread is allocating
+//! and initialising at the same moment races with that thread's writes).
 //! Every borrowed range is registered with the pool until its transaction ends; a range that
 //! overlaps one borrowed mutably (by this or any other running transaction) is refused with
 //! [`TxError::Borrowed`], so safe code cannot obtain aliasing `&mut` references, and two
