@@ -339,11 +339,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     writeln!(
         md,
-        "| ranges | PMDK ns | ours snapshot_many ns (fences) | ours snapshot per range ns (fences) | ours get_mut per range ns (fences) | PMDK / ours (snapshot_many) | PMDK / ours (per range) |"
+        "| ranges | PMDK ns | ours snapshot_many ns (fences) | ours snapshot per range ns (fences) | ours get_mut per range ns (fences) | PMDK / ours (snapshot_many) | PMDK / ours (per range) | per-round ratio, snapshot_many, quartiles |"
     )?;
-    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let (mut met, mut missed, mut met_per) = (Vec::new(), Vec::new(), Vec::new());
     for (ri, &n) in cli.ranges.iter().enumerate() {
+        // the ratio within each round (measurements adjacent in time), before sorting
+        let mut per_round: Vec<f64> = samples[ri][0]
+            .iter()
+            .zip(&samples[ri][1])
+            .map(|(p, o)| p / o)
+            .collect();
+        per_round.sort_by(|a, b| a.total_cmp(b));
+        let q = |f: f64| per_round[((per_round.len() - 1) as f64 * f).round() as usize];
+        let (q1, q3) = (q(0.25), q(0.75));
         let med: Vec<f64> = samples[ri].iter_mut().map(|v| median(v)).collect();
         let fences: Vec<usize> = styles.iter().map(|&s| our_fences(n, s)).collect();
         let r_many = med[0] / med[1];
@@ -358,7 +367,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         writeln!(
             md,
-            "| {n} | {:.0} | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) | {:.1}x | {:.1}x |",
+            "| {n} | {:.0} | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) | {:.1}x | {:.1}x | {q1:.1}x - {q3:.1}x |",
             med[0], med[1], fences[0], med[2], fences[1], med[3], fences[2], r_many, r_per
         )?;
     }
@@ -389,8 +398,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writeln!(
         md,
         "**Verdict (goal: at least 5x faster than PMDK):** with `snapshot_many` the goal is met \
-         for {} range(s) and not met for {}; with one snapshot call per range (PMDK's own \
-         pattern, one fence per call) it is met for {}. The goal is not met in general: an \
+         for {} and not met for {}; with one snapshot call per range (PMDK's own pattern, one \
+         fence per call) it is met for {}. The last column shows how much the ratio \
+         moves between rounds on this shared machine. The goal is not met in general: an \
          undo-log transaction that is durable when it returns needs a fence between saving a \
          range and modifying it, one between making the new contents durable and invalidating \
          the log, and one after the invalidation, so a small transaction costs about three \
