@@ -387,12 +387,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let list = |v: &[usize]| {
         if v.is_empty() {
-            "none".to_string()
+            "no range count".to_string()
         } else {
-            v.iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            let n: Vec<String> = v.iter().map(|n| n.to_string()).collect();
+            format!("N = {}", n.join(", "))
         }
     };
     writeln!(
