@@ -818,7 +818,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         let a = self.target(p)?;
         let size = std::mem::size_of::<T>();
         self.register(a as usize, size, true)?;
-        self.save(&[(a as usize - self.base(), size)])?;
+        self.save(std::iter::once((a as usize - self.base(), size)))?;
         // SAFETY: as in `get`, and the range is borrowed by nobody else (registered as
         // mutable above): this is the only reference to it until the transaction ends.
         Ok(unsafe { &mut *a })
@@ -829,16 +829,15 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     /// lie inside the pool's heap.
     pub fn snapshot<T: ?Sized>(&self, p: PPtr<T>, len: usize) -> Result<(), TxError> {
         let off = self.check_range(p.cast::<u8>(), len)?;
-        self.save(&[(off, len)])
+        self.save(std::iter::once((off, len)))
     }
 
     /// Saves several ranges with one fence (see [`Tx::snapshot`]).
     pub fn snapshot_many(&self, ranges: &[(PPtr<u8>, usize)]) -> Result<(), TxError> {
-        let mut offs = Vec::with_capacity(ranges.len());
         for &(p, len) in ranges {
-            offs.push((self.check_range(p, len)?, len));
+            self.check_range(p, len)?;
         }
-        self.save(&offs)
+        self.save(ranges.iter().map(|&(p, len)| (p.offset() as usize, len)))
     }
 
     fn check_range(&self, p: PPtr<u8>, len: usize) -> Result<usize, TxError> {
@@ -883,24 +882,8 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     }
 
     /// Writes undo entries for `ranges` (pool offsets) and makes them durable with one fence.
-    fn save(&self, ranges: &[(usize, usize)]) -> Result<(), TxError> {
+    fn save(&self, ranges: impl Iterator<Item = (usize, usize)>) -> Result<(), TxError> {
         let v = self.v();
-        let mut need = 0usize;
-        let mut todo = 0usize;
-        for &(off, len) in ranges {
-            if len > 0 && !self.covered(v, off, len) {
-                need += UndoEntry::footprint(len);
-                todo += 1;
-            }
-        }
-        if todo == 0 {
-            return Ok(());
-        }
-        if v.used + need > v.cap {
-            self.grow(v.used + need)?;
-        }
-        let v = self.v();
-        let pers = self.pers();
         let base = self.base() as *const u8;
         // The entries are assembled in DRAM and copied to the log in one piece: the copy uses
         // non-temporal stores when it is large enough (the log is write-only at run time, so
@@ -908,7 +891,8 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         let mut stage = std::mem::take(&mut v.stage);
         stage.clear();
         let start = v.used;
-        for &(off, len) in ranges {
+        let first_new = v.entries.len();
+        for (off, len) in ranges {
             if len == 0 || self.covered(v, off, len) {
                 continue;
             }
@@ -933,6 +917,20 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
             stage[hdr_at..hdr_at + 8].copy_from_slice(&sum.to_le_bytes());
             v.entries.push((off, len, pos));
         }
+        if stage.is_empty() {
+            v.stage = stage;
+            return Ok(());
+        }
+        if start + stage.len() > v.cap {
+            if let Err(e) = self.grow(start + stage.len()) {
+                let v = self.v();
+                v.entries.truncate(first_new);
+                v.stage = stage;
+                return Err(e);
+            }
+        }
+        let v = self.v();
+        let pers = self.pers();
         // SAFETY: `start + stage.len() <= cap` (ensured above): the entries fit the log, which
         // is a block of its own that the application never sees.
         unsafe { pers.memcpy_nodrain(v.log.add(start), stage.as_ptr(), stage.len()) };
