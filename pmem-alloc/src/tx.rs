@@ -558,6 +558,22 @@ impl<P: Persist + 'static> Pool<P> {
         Ok(sh.table().expect("just installed"))
     }
 
+    /// Number of transaction lanes (0 until the pool's first transaction).
+    ///
+    /// ```
+    /// # use pmem_alloc::pool::{Pool, PoolOptions};
+    /// # use pmem_alloc::tx::TxError;
+    /// # let dir = tempfile::tempdir()?;
+    /// let pool = Pool::create(&dir.path().join("l.pool"), 8 << 20, &PoolOptions::default())?;
+    /// assert_eq!(pool.tx_lanes(), 0);
+    /// pool.transaction(|_| Ok::<_, TxError>(()))?;
+    /// assert_eq!(pool.tx_lanes(), 64);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tx_lanes(&self) -> usize {
+        self.tx_shared().table().map_or(0, |t| t.nlanes)
+    }
+
     /// Runs `f` as a transaction: commits if it returns `Ok`, rolls back if it returns `Err`
     /// (returned as is) or panics (unwinding resumes after the rollback). Inside a running
     /// transaction of this pool on the same thread, joins it (flattened): an inner failure
