@@ -643,3 +643,59 @@ fn metadata_and_lanes_are_out_of_reach() {
     })
     .unwrap();
 }
+
+/// Two threads each crash in the middle of a transaction (their modifications durable): the
+/// open rolls back both lanes.
+#[test]
+fn open_rolls_back_every_lane() {
+    let media = Arc::new(SimMedia::new_strict(POOL));
+    let pool = Arc::new(Pool::create_sim(media.clone()).unwrap());
+    let root = pool.root::<Root>().unwrap();
+    let blocks: Vec<PPtr<[u64; 8]>> = (0..2)
+        .map(|_| pool.alloc_zeroed::<[u64; 8]>().unwrap())
+        .collect();
+    pool.transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        r.counters[0] = blocks[0].offset();
+        r.counters[1] = blocks[1].offset();
+        for b in &blocks {
+            tx.get_mut(*b)?;
+            tx.pool().persist_val(*b);
+        }
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+    let inside = Arc::new(std::sync::Barrier::new(3));
+    let done = Arc::new(std::sync::Barrier::new(3));
+    let hs: Vec<_> = blocks
+        .iter()
+        .map(|&b| {
+            let (pool, inside, done) = (pool.clone(), inside.clone(), done.clone());
+            std::thread::spawn(move || {
+                let res: Result<(), TxError> = pool.transaction(|tx| {
+                    let v = tx.get_mut(b)?;
+                    v.fill(0xEE);
+                    tx.pool().persist_val(b);
+                    inside.wait(); // both modified and durable
+                    done.wait(); // the image is taken
+                    Err(TxError::Aborted)
+                });
+                assert!(res.is_err());
+            })
+        })
+        .collect();
+    inside.wait();
+    let img = media.durable_image();
+    done.wait();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let m = Arc::new(SimMedia::from_image_strict(&img));
+    let mut p = Pool::open_sim(m).unwrap();
+    assert_eq!(p.open_report().tx_rolled_back, 2);
+    for b in &blocks {
+        // SAFETY: single-threaded reopened pool.
+        assert_eq!(unsafe { *p.get(*b).unwrap() }, [0u64; 8]);
+    }
+    p.check().unwrap();
+}
