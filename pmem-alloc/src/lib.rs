@@ -15,6 +15,7 @@ pub mod sim;
 pub mod size_class;
 mod sync;
 mod sys;
+pub mod tx;
 pub mod volatile;
 
 pub use flush::{CpuFeatures, FlushMethod, CACHE_PAD, FLUSH_ALIGN};
@@ -22,3 +23,4 @@ pub use map::{MapError, MapKind, MapOptions, Mapping};
 pub use persist::{Hardware, NoPersist, Persist};
 pub use pool::{Pool, PoolError, PoolOptions};
 pub use pptr::{AtomicPPtr, PPtr, PSafe};
+pub use tx::{PBox, Tx, TxError};

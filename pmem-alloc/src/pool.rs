@@ -26,8 +26,8 @@ use crate::heap::{
 };
 use crate::layout::{
     self, as_bytes, read_from, ArchFlags, Le16, Le32, Le64, PoolHeader, StateSlot, ZoneHeader,
-    FORMAT_MAJOR, FORMAT_MINOR, HEADER_AREA, INCOMPAT_SUPPORTED, POOL_MAGIC, RO_COMPAT_SUPPORTED,
-    STATE_CLEAN, STATE_SLOT_OFFSET, ZONE_MAGIC, ZONE_PMAP_OFFSET,
+    FORMAT_MAJOR, FORMAT_MINOR, HEADER_AREA, INCOMPAT_SUPPORTED, INCOMPAT_TX_LANES, POOL_MAGIC,
+    RO_COMPAT_SUPPORTED, STATE_CLEAN, STATE_SLOT_OFFSET, ZONE_MAGIC, ZONE_PMAP_OFFSET,
 };
 use crate::map::{MapError, MapOptions, Mapping};
 use crate::persist::{Hardware, Persist};
@@ -106,6 +106,9 @@ pub enum PoolError {
         /// What is wrong.
         what: &'static str,
     },
+    /// The transaction lane area or a lane log is invalid.
+    #[error("transaction lanes: {0}")]
+    Lanes(&'static str),
     /// The allocator metadata is inconsistent.
     #[error("heap metadata corrupted: {0}")]
     Heap(#[from] HeapCorruption),
@@ -179,8 +182,14 @@ pub struct OpenReport {
     pub clean: bool,
     /// Recovery ran (unclean shutdown, or saved bitmaps failed their checksum).
     pub recovered: bool,
-    /// Blocks found reachable by recovery (root included).
+    /// Blocks found reachable by recovery (root included; the transaction lane area and
+    /// overflow logs are counted in `lane_blocks`, not here).
     pub reachable: usize,
+    /// Lanes whose uncommitted transaction was rolled back at this open.
+    pub tx_rolled_back: usize,
+    /// Blocks held by the transaction lanes (the lane area and overflow logs), kept by
+    /// recovery without being scanned.
+    pub lane_blocks: usize,
     /// What rebuilding the allocator did.
     pub rebuild: RebuildReport,
     /// Time spent in open.
@@ -234,6 +243,7 @@ pub struct Pool<P: Persist + 'static = Hardware> {
     state: Mutex<State>,
     report: OpenReport,
     closed: bool,
+    tx: crate::tx::TxShared,
     // dropped last: the memory everything above points into
     mapping: Option<Mutex<Mapping>>,
     _keep: Keep,
@@ -400,7 +410,7 @@ impl<P: Persist + 'static> Pool<P> {
             minor: Le16::new(FORMAT_MINOR),
             header_size: Le32::new(std::mem::size_of::<PoolHeader>() as u32),
             compat: Le64::new(0),
-            incompat: Le64::new(0),
+            incompat: Le64::new(INCOMPAT_TX_LANES),
             ro_compat: Le64::new(0),
             uuid: random_uuid(),
             arch: ArchFlags::current(),
@@ -423,6 +433,7 @@ impl<P: Persist + 'static> Pool<P> {
             }),
             report: OpenReport::default(),
             closed: false,
+            tx: Default::default(),
             mapping: mapping.map(Mutex::new),
             _keep: keep,
         };
@@ -500,8 +511,17 @@ impl<P: Persist + 'static> Pool<P> {
     /// Writes `slot` (with the next sequence number) into the older state slot and persists it;
     /// that is the commit point. Then mirrors it into the other slot, so that afterwards damage
     /// to either copy falls back to an identical twin rather than to the previous state.
-    fn write_state(&self, mut slot: StateSlot) {
+    fn write_state(&self, slot: StateSlot) {
+        self.update_state(|s| *s = slot);
+    }
+
+    /// Applies `f` to the record in force and writes the result as [`Pool::write_state`] does,
+    /// under the state lock (concurrent updates of different fields, such as root creation,
+    /// growth and the transaction lanes, cannot undo each other).
+    fn update_state(&self, f: impl FnOnce(&mut StateSlot)) -> StateSlot {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = st.slot;
+        f(&mut slot);
         slot.seq = Le64::new(st.slot.seq.get() + 1);
         slot.seal();
         let which = 1 - st.which;
@@ -513,6 +533,7 @@ impl<P: Persist + 'static> Pool<P> {
         }
         st.slot = slot;
         st.which = which;
+        slot
     }
 
     /// # Safety
@@ -565,6 +586,7 @@ impl<P: Persist + 'static> Pool<P> {
             state: Mutex::new(State { slot, which }),
             report: OpenReport::default(),
             closed: true, // nothing is written back if open fails part-way
+            tx: Default::default(),
             mapping: mapping.map(Mutex::new),
             _keep: keep,
         };
@@ -635,10 +657,19 @@ impl<P: Persist + 'static> Pool<P> {
             });
         }
         let extents = pool.core.walk()?;
+        // Roll back uncommitted transactions before anything reads the heap's contents.
+        let mut rolled_back = 0;
+        let lanes_off = slot.lanes.get();
+        if lanes_off != 0 {
+            let (t, n) = crate::tx::open_lanes(&pool.core, pool_size as usize, lanes_off as usize)?;
+            pool.tx.install(t);
+            rolled_back = n;
+        }
         let clean = slot.flags.get() & STATE_CLEAN != 0;
         let bitmaps_ok = clean && pool.bitmap_crc() == slot.bitmap_crc.get();
         let mut report = OpenReport {
             clean,
+            tx_rolled_back: rolled_back,
             ..OpenReport::default()
         };
         if bitmaps_ok {
@@ -646,6 +677,10 @@ impl<P: Persist + 'static> Pool<P> {
         } else {
             pool.core.clear_marks(&extents);
             report.recovered = true;
+            // the lane blocks first, unscanned: old bytes in a log keep nothing alive
+            if let Some(t) = pool.tx.table() {
+                report.lane_blocks = crate::tx::mark_lanes(&pool.core, t);
+            }
             let root = slot.root_off.get();
             report.reachable = match trace {
                 Some(f) => crate::recovery::mark_typed(&pool.core, pool_size as usize, root, f),
@@ -724,6 +759,48 @@ impl<P: Persist + 'static> Pool<P> {
         &self.core
     }
 
+    pub(crate) fn tx_shared(&self) -> &crate::tx::TxShared {
+        &self.tx
+    }
+
+    /// Whether `off..off+len` overlaps allocator metadata: page 0 or a zone's metadata pages
+    /// (its header, page map and bitmaps). Reads the zone headers, which are immutable once the
+    /// pool size covers them (the size is published after the zone is written).
+    pub(crate) fn overlaps_metadata(&self, off: usize, len: usize) -> bool {
+        let size = self.size();
+        if off < HEADER_AREA {
+            return true;
+        }
+        let end = off.saturating_add(len.max(1));
+        let mut start = 1usize;
+        while start * PAGE < size {
+            let zh = self.base.wrapping_add(start * PAGE);
+            // SAFETY: a zone header inside the pool (zones tile the pool from page 1); these
+            // 16 bytes are not written after the zone was published.
+            let (npages, meta) = unsafe {
+                (
+                    u64::from_le((zh.add(24) as *const u64).read_unaligned()) as usize,
+                    u64::from_le((zh.add(32) as *const u64).read_unaligned()) as usize,
+                )
+            };
+            let meta_end = (start + meta) * PAGE;
+            if off < meta_end && start * PAGE < end {
+                return true;
+            }
+            if npages == 0 {
+                break;
+            }
+            start += npages;
+        }
+        false
+    }
+
+    /// Records the transaction lane area in the state (durable: the commit point of the lanes'
+    /// creation).
+    pub(crate) fn set_lanes(&self, off: u64) {
+        self.update_state(|s| s.lanes = Le64::new(off));
+    }
+
     // ------------------------------------------------------------------ root
 
     /// The typed root object, created zero-filled on first use. Its size is recorded, and a
@@ -752,10 +829,10 @@ impl<P: Persist + 'static> Pool<P> {
         // Ordering: the zeroed root is durable before the state slot names it.
         // SAFETY: `p` is a fresh block of at least `size` bytes inside the pool.
         unsafe { self.core.persister().memset_persist(p, 0, size) };
-        let mut s = cur;
-        s.root_off = Le64::new(p as u64 - self.base as u64);
-        s.root_size = Le64::new(size as u64);
-        self.write_state(s);
+        let s = self.update_state(|s| {
+            s.root_off = Le64::new(p as u64 - self.base as u64);
+            s.root_size = Le64::new(size as u64);
+        });
         Ok(PPtr::from_offset(s.root_off.get()))
     }
 
@@ -960,10 +1037,10 @@ impl<P: Persist + 'static> Pool<P> {
         // Ordering: the new zone (header and page map) is durable before the state slot that
         // counts it; a crash in between leaves a file longer than the pool, which open accepts.
         self.write_zone(index, old / PAGE, (new_size as usize - old) / PAGE)?;
-        let mut s = cur;
-        s.pool_size = Le64::new(new_size);
-        s.nzones = Le32::new(index as u32 + 1);
-        self.write_state(s);
+        self.update_state(|s| {
+            s.pool_size = Le64::new(new_size);
+            s.nzones = Le32::new(index as u32 + 1);
+        });
         self.size.store(new_size as usize, Ordering::Release);
         self.core.add_free_zone(index);
         Ok(())
@@ -986,10 +1063,10 @@ impl<P: Persist + 'static> Pool<P> {
         self.core.unregister();
         self.core.save_bitmaps();
         let crc = self.bitmap_crc();
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner()).slot;
-        s.flags = Le32::new(s.flags.get() | STATE_CLEAN);
-        s.bitmap_crc = Le64::new(crc);
-        self.write_state(s);
+        self.update_state(|s| {
+            s.flags = Le32::new(s.flags.get() | STATE_CLEAN);
+            s.bitmap_crc = Le64::new(crc);
+        });
     }
 
     /// Simulates a crash in tests: the pool is dropped without a clean close (nothing more is

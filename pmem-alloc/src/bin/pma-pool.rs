@@ -123,6 +123,11 @@ fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     )
                 }
             );
+            println!(
+                "transactions  {} lanes, {} rolled back at this open",
+                pool.tx_lanes(),
+                rep.tx_rolled_back
+            );
             println!("in use      {} bytes", st.in_use);
             println!(
                 "free        {} bytes in {} extents (largest {} bytes)",
