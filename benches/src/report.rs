@@ -38,7 +38,9 @@ and restart times: [docs/benchmarks/memcached.md](docs/benchmarks/memcached.md),
 - Redis under LD_PRELOAD allocators (Redis' own jemalloc, pmem-alloc's preload library, \
 memkind's libmemtier): [docs/benchmarks/preload.md](docs/benchmarks/preload.md), \
 `benches/preload-compare.sh` (interleaved trials; throughput with trial spread, and server CPU \
-time per request, which is steadier on a loaded machine).\n";
+time per request, which is steadier on a loaded machine);\n\
+- transactions against PMDK's `TX_BEGIN`/`TX_ADD` (1, 4 and 16 ranges; fences per \
+transaction): [docs/benchmarks/tx.md](docs/benchmarks/tx.md), `benches/tx-compare.sh`.\n";
 
 /// The targets: `persist` at most 1.05x libpmem's time (8 B .. 64 KiB) and `memcpy_persist`
 /// at least 1.0x its bandwidth (4 KiB .. 4 MiB), on the same flush instruction.
