@@ -57,6 +57,17 @@
 #define PMA_ERR_PANIC 8
 
 /*
+ The transaction was rolled back: its callback returned non-zero, or an operation inside it
+ failed and the callback passed the failure on.
+ */
+#define PMA_ERR_ABORTED 9
+
+/*
+ The range is already borrowed by a running transaction (in this or another thread).
+ */
+#define PMA_ERR_BUSY 10
+
+/*
  A volatile heap on a PMEM file or anonymous memory (opaque).
  */
 typedef struct pma_heap pma_heap;
@@ -67,11 +78,22 @@ typedef struct pma_heap pma_heap;
 typedef struct pma_pool pma_pool;
 
 /*
+ A running transaction (opaque): valid only inside the callback of [`pma_tx_run`] that
+ received it.
+ */
+typedef struct pma_tx pma_tx;
+
+/*
  A persistent pointer: the target's offset in its pool with a tag in the top 16 bits (0 is
  NULL). Store these, not addresses, in persistent memory: recovery after a crash finds live
  blocks by following them.
  */
 typedef uint64_t pma_pptr;
+
+/*
+ The callback of a transaction: returns 0 to commit, anything else to roll back.
+ */
+typedef int (*pma_tx_fn)(pma_tx *tx, void *arg);
 
 #ifdef __cplusplus
 extern "C" {
@@ -337,6 +359,59 @@ size_t pma_heap_usable_size(const pma_heap *heap, const void *ptr);
  `heap` is NULL or a live heap; `ptr` is NULL or a live block of it.
  */
 void *pma_heap_realloc(pma_heap *heap, void *ptr, size_t size);
+
+/*
+ Runs `fn(tx, arg)` as one failure-atomic transaction of `pool`: the ranges it snapshots
+ with [`pma_tx_snapshot`] before modifying them, the blocks it allocates with
+ [`pma_tx_malloc`] and frees with [`pma_tx_free`] are all committed, or none is (also across
+ a crash at any instant: the next open rolls an interrupted transaction back). `fn` returns
+ 0 to commit; anything else rolls back and makes this return [`PMA_ERR_ABORTED`]. A
+ transaction started inside another on the same thread joins it (flattened): if the inner one
+ aborts, the outer one rolls back too.
+
+ Cost: one fence per snapshot call (or per [`pma_tx_snapshot_many`] of several ranges) and
+ two at commit.
+
+ # Safety
+ `pool` is NULL or an open pool; `fn` is NULL or a function that does not unwind; the
+ `pma_tx` handed to it must not be used after it returns.
+ */
+int pma_tx_run(pma_pool *pool, pma_tx_fn fun, void *arg);
+
+/*
+ Saves `len` bytes at `ptr` (inside the pool) in the transaction's undo log before the
+ caller modifies them; durable when this returns.
+
+ # Safety
+ `tx` is NULL or the handle of a running transaction callback.
+ */
+int pma_tx_snapshot(pma_tx *tx, const void *ptr, size_t len);
+
+/*
+ Saves several ranges with one fence: `ptrs[i]`, `lens[i]` for `i < n`.
+
+ # Safety
+ `tx` as in [`pma_tx_snapshot`]; `ptrs` and `lens` are NULL or arrays of `n` elements.
+ */
+int pma_tx_snapshot_many(pma_tx *tx, const void *const *ptrs, const size_t *lens, size_t n);
+
+/*
+ Allocates `size` zero-filled bytes inside the transaction (released if it rolls back);
+ NULL (`errno = ENOMEM`) when the pool is full.
+
+ # Safety
+ `tx` as in [`pma_tx_snapshot`].
+ */
+void *pma_tx_malloc(pma_tx *tx, size_t size);
+
+/*
+ Frees a block of the pool when the transaction commits (nothing if it rolls back).
+
+ # Safety
+ `tx` as in [`pma_tx_snapshot`]; `ptr` is NULL or a live block of the pool, freed once, and
+ the transaction removes (snapshotted) every link to it.
+ */
+int pma_tx_free(pma_tx *tx, void *ptr);
 
 #ifdef __cplusplus
 }  // extern "C"

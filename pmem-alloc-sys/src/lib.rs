@@ -46,6 +46,11 @@ pub const PMA_ERR_MISMATCH: c_int = 6;
 pub const PMA_ERR_UNSUPPORTED: c_int = 7;
 /// An internal error (a bug): a panic was caught at the boundary.
 pub const PMA_ERR_PANIC: c_int = 8;
+/// The transaction was rolled back: its callback returned non-zero, or an operation inside it
+/// failed and the callback passed the failure on.
+pub const PMA_ERR_ABORTED: c_int = 9;
+/// The range is already borrowed by a running transaction (in this or another thread).
+pub const PMA_ERR_BUSY: c_int = 10;
 
 /// An open persistent pool (opaque).
 #[derive(Debug)]
@@ -58,6 +63,18 @@ pub struct pma_pool {
 pub struct pma_heap {
     heap: VolatileHeap,
 }
+
+/// A running transaction (opaque): valid only inside the callback of [`pma_tx_run`] that
+/// received it.
+#[derive(Debug)]
+pub struct pma_tx {
+    /// The `Tx<'_, Hardware>` of the running closure.
+    tx: *const c_void,
+    pool: *const pma_pool,
+}
+
+/// The callback of a transaction: returns 0 to commit, anything else to roll back.
+pub type pma_tx_fn = Option<unsafe extern "C" fn(tx: *mut pma_tx, arg: *mut c_void) -> c_int>;
 
 /// A persistent pointer: the target's offset in its pool with a tag in the top 16 bits (0 is
 /// NULL). Store these, not addresses, in persistent memory: recovery after a crash finds live
@@ -143,6 +160,8 @@ pub extern "C" fn pma_strerror(code: c_int) -> *const c_char {
         PMA_ERR_MISMATCH => c"root size or layout mismatch",
         PMA_ERR_UNSUPPORTED => c"operation not supported",
         PMA_ERR_PANIC => c"internal error",
+        PMA_ERR_ABORTED => c"transaction aborted",
+        PMA_ERR_BUSY => c"range borrowed by a running transaction",
         _ => c"unknown result code",
     };
     s.as_ptr()
@@ -857,6 +876,224 @@ pub unsafe extern "C" fn pma_heap_realloc(
                 h.core().free(ptr.cast());
             }
             n
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------- transactions
+
+/// Why a transaction closure failed.
+enum TxFail {
+    Tx(pmem_alloc::TxError),
+    Callback(c_int),
+}
+
+impl From<pmem_alloc::TxError> for TxFail {
+    fn from(e: pmem_alloc::TxError) -> Self {
+        TxFail::Tx(e)
+    }
+}
+
+fn tx_code(e: &pmem_alloc::TxError) -> c_int {
+    use pmem_alloc::TxError as E;
+    match e {
+        E::OutOfSpace | E::TooLarge => PMA_ERR_NOMEM,
+        E::InvalidPointer | E::WrongPool => PMA_ERR_INVALID,
+        E::Borrowed => PMA_ERR_BUSY,
+        E::Aborted => PMA_ERR_ABORTED,
+        _ => PMA_ERR_IO,
+    }
+}
+
+fn tx_fail(e: pmem_alloc::TxError) -> c_int {
+    fail(tx_code(&e), e.to_string())
+}
+
+/// Runs `fn(tx, arg)` as one failure-atomic transaction of `pool`: the ranges it snapshots
+/// with [`pma_tx_snapshot`] before modifying them, the blocks it allocates with
+/// [`pma_tx_malloc`] and frees with [`pma_tx_free`] are all committed, or none is (also across
+/// a crash at any instant: the next open rolls an interrupted transaction back). `fn` returns
+/// 0 to commit; anything else rolls back and makes this return [`PMA_ERR_ABORTED`]. A
+/// transaction started inside another on the same thread joins it (flattened): if the inner one
+/// aborts, the outer one rolls back too.
+///
+/// Cost: one fence per snapshot call (or per [`pma_tx_snapshot_many`] of several ranges) and
+/// two at commit.
+///
+/// # Safety
+/// `pool` is NULL or an open pool; `fn` is NULL or a function that does not unwind; the
+/// `pma_tx` handed to it must not be used after it returns.
+#[no_mangle]
+pub unsafe extern "C" fn pma_tx_run(
+    pool: *mut pma_pool,
+    fun: pma_tx_fn,
+    arg: *mut c_void,
+) -> c_int {
+    guard(PMA_ERR_PANIC, || {
+        // SAFETY: caller's contract.
+        let Some(p) = (unsafe { pool_ref(pool) }) else {
+            return PMA_ERR_INVALID;
+        };
+        let Some(f) = fun else {
+            return fail(PMA_ERR_INVALID, "transaction function is NULL");
+        };
+        let r = p.pool.transaction(|tx| {
+            let mut h = pma_tx {
+                tx: (tx as *const pmem_alloc::Tx<'_, pmem_alloc::Hardware>).cast(),
+                pool: p,
+            };
+            // SAFETY: a C function (caller's contract: it does not unwind); `h` lives for the
+            // call.
+            match unsafe { f(&mut h, arg) } {
+                0 => Ok(()),
+                rc => Err(TxFail::Callback(rc)),
+            }
+        });
+        match r {
+            Ok(()) => PMA_OK,
+            Err(TxFail::Callback(rc)) => fail(
+                PMA_ERR_ABORTED,
+                format!("the transaction function returned {rc}: rolled back"),
+            ),
+            Err(TxFail::Tx(e)) => tx_fail(e),
+        }
+    })
+}
+
+/// The transaction behind a handle.
+///
+/// # Safety
+/// `tx` is NULL or the live handle of a running [`pma_tx_run`] callback.
+unsafe fn tx_ref<'a>(
+    tx: *const pma_tx,
+) -> Option<(&'a pmem_alloc::Tx<'a, pmem_alloc::Hardware>, &'a pma_pool)> {
+    // SAFETY: caller's contract.
+    let h = unsafe { tx.as_ref() }?;
+    // SAFETY: `h.tx` was made from a `&Tx` of the running closure and `h.pool` from its pool,
+    // both alive while the callback runs (caller's contract).
+    Some(unsafe {
+        (
+            &*h.tx.cast::<pmem_alloc::Tx<'a, pmem_alloc::Hardware>>(),
+            &*h.pool,
+        )
+    })
+}
+
+/// Saves `len` bytes at `ptr` (inside the pool) in the transaction's undo log before the
+/// caller modifies them; durable when this returns.
+///
+/// # Safety
+/// `tx` is NULL or the handle of a running transaction callback.
+#[no_mangle]
+pub unsafe extern "C" fn pma_tx_snapshot(tx: *mut pma_tx, ptr: *const c_void, len: usize) -> c_int {
+    guard(PMA_ERR_PANIC, || {
+        // SAFETY: caller's contract.
+        let Some((t, p)) = (unsafe { tx_ref(tx) }) else {
+            return fail(PMA_ERR_INVALID, "transaction is NULL");
+        };
+        let pp = pptr_in(p, ptr);
+        if pp.is_null() {
+            return fail(PMA_ERR_INVALID, "pointer is NULL or outside the pool");
+        }
+        match t.snapshot(pp, len) {
+            Ok(()) => PMA_OK,
+            Err(e) => tx_fail(e),
+        }
+    })
+}
+
+/// Saves several ranges with one fence: `ptrs[i]`, `lens[i]` for `i < n`.
+///
+/// # Safety
+/// `tx` as in [`pma_tx_snapshot`]; `ptrs` and `lens` are NULL or arrays of `n` elements.
+#[no_mangle]
+pub unsafe extern "C" fn pma_tx_snapshot_many(
+    tx: *mut pma_tx,
+    ptrs: *const *const c_void,
+    lens: *const usize,
+    n: usize,
+) -> c_int {
+    guard(PMA_ERR_PANIC, || {
+        // SAFETY: caller's contract.
+        let Some((t, p)) = (unsafe { tx_ref(tx) }) else {
+            return fail(PMA_ERR_INVALID, "transaction is NULL");
+        };
+        if n == 0 {
+            return PMA_OK;
+        }
+        if ptrs.is_null() || lens.is_null() {
+            return fail(PMA_ERR_INVALID, "ranges are NULL");
+        }
+        // SAFETY: arrays of `n` elements (caller's contract).
+        let (ps, ls) = unsafe {
+            (
+                std::slice::from_raw_parts(ptrs, n),
+                std::slice::from_raw_parts(lens, n),
+            )
+        };
+        let mut ranges = Vec::with_capacity(n);
+        for (&a, &l) in ps.iter().zip(ls) {
+            let pp = pptr_in(p, a);
+            if pp.is_null() {
+                return fail(PMA_ERR_INVALID, "a pointer is NULL or outside the pool");
+            }
+            ranges.push((pp, l));
+        }
+        match t.snapshot_many(&ranges) {
+            Ok(()) => PMA_OK,
+            Err(e) => tx_fail(e),
+        }
+    })
+}
+
+/// Allocates `size` zero-filled bytes inside the transaction (released if it rolls back);
+/// NULL (`errno = ENOMEM`) when the pool is full.
+///
+/// # Safety
+/// `tx` as in [`pma_tx_snapshot`].
+#[no_mangle]
+pub unsafe extern "C" fn pma_tx_malloc(tx: *mut pma_tx, size: usize) -> *mut c_void {
+    guard(null_mut(), || {
+        // SAFETY: caller's contract.
+        let Some((t, p)) = (unsafe { tx_ref(tx) }) else {
+            set_errno(libc::EINVAL);
+            fail(PMA_ERR_INVALID, "transaction is NULL");
+            return null_mut();
+        };
+        match t.alloc_zeroed_bytes(size.max(1)) {
+            Ok(pp) => p.pool.get(pp).map_or(null_mut(), |a| a.cast()),
+            Err(e) => {
+                set_errno(libc::ENOMEM);
+                tx_fail(e);
+                null_mut()
+            }
+        }
+    })
+}
+
+/// Frees a block of the pool when the transaction commits (nothing if it rolls back).
+///
+/// # Safety
+/// `tx` as in [`pma_tx_snapshot`]; `ptr` is NULL or a live block of the pool, freed once, and
+/// the transaction removes (snapshotted) every link to it.
+#[no_mangle]
+pub unsafe extern "C" fn pma_tx_free(tx: *mut pma_tx, ptr: *mut c_void) -> c_int {
+    guard(PMA_ERR_PANIC, || {
+        // SAFETY: caller's contract.
+        let Some((t, p)) = (unsafe { tx_ref(tx) }) else {
+            return fail(PMA_ERR_INVALID, "transaction is NULL");
+        };
+        if ptr.is_null() {
+            return PMA_OK;
+        }
+        let pp = pptr_in(p, ptr);
+        if pp.is_null() {
+            return fail(PMA_ERR_INVALID, "pointer is outside the pool");
+        }
+        // SAFETY: a live block of the pool (caller's contract).
+        match unsafe { t.free(pp) } {
+            Ok(()) => PMA_OK,
+            Err(e) => tx_fail(e),
         }
     })
 }

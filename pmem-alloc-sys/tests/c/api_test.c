@@ -24,6 +24,51 @@ struct root {
     char text[48];
 };
 
+/* transactions: move 10 from a to b in a pair of counters kept in a block, and hang a new
+ * node on the root; `fail` makes the callback abort after modifying everything */
+struct tx_arg {
+    pma_pool *pool;
+    struct root *r;
+    uint64_t *pair;
+    int fail;
+    int rc; /* the snapshot's result code */
+};
+
+static int transfer(pma_tx *tx, void *p) {
+    struct tx_arg *a = p;
+    const void *ranges[2] = {a->pair, &a->r->data};
+    size_t lens[2] = {2 * sizeof(uint64_t), sizeof a->r->data};
+    a->rc = pma_tx_snapshot_many(tx, ranges, lens, 2);
+    if (a->rc != PMA_OK)
+        return 1;
+    a->pair[0] -= 10;
+    a->pair[1] += 10;
+    char *node = pma_tx_malloc(tx, 64);
+    if (!node)
+        return 2;
+    strcpy(node, "in a transaction");
+    a->r->data = pma_to_pptr(a->pool, node);
+    return a->fail;
+}
+
+static int nested(pma_tx *tx, void *p) {
+    struct tx_arg *a = p;
+    if (pma_tx_snapshot(tx, a->pair, 2 * sizeof(uint64_t)) != PMA_OK)
+        return 1;
+    a->pair[0] += 1;
+    /* an inner transaction joins this one; its abort aborts both */
+    return pma_tx_run(a->pool, transfer, a) == PMA_OK ? 0 : 5;
+}
+
+static int unlink_node(pma_tx *tx, void *p) {
+    struct tx_arg *a = p;
+    if (pma_tx_snapshot(tx, &a->r->data, sizeof a->r->data) != PMA_OK)
+        return 1;
+    void *n = pma_from_pptr(a->pool, a->r->data);
+    a->r->data = 0;
+    return pma_tx_free(tx, n) == PMA_OK ? a->fail : 3;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 && argc != 3) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -106,6 +151,48 @@ int main(int argc, char **argv) {
     r->data = pp;
     r->magic = 0xC0FFEE;
     pma_persist(pool, r, sizeof *r);
+
+    /* transactions */
+    CHECK(pma_tx_run(NULL, transfer, NULL) == PMA_ERR_INVALID);
+    CHECK(pma_tx_run(pool, NULL, NULL) == PMA_ERR_INVALID);
+    CHECK(pma_tx_snapshot(NULL, r, 8) == PMA_ERR_INVALID);
+    CHECK(pma_tx_malloc(NULL, 8) == NULL);
+    {
+        uint64_t *pair = pma_calloc(pool, 2, sizeof(uint64_t));
+        CHECK(pair != NULL);
+        pair[0] = 100;
+        pma_persist(pool, pair, 2 * sizeof *pair);
+        pma_pptr keep = r->data;
+        struct tx_arg ta = {pool, r, pair, 0, 0};
+        CHECK(pma_tx_run(pool, transfer, &ta) == PMA_OK);
+        CHECK(pair[0] == 90 && pair[1] == 10);
+        char *node = pma_from_pptr(pool, r->data);
+        CHECK(node != NULL && strcmp(node, "in a transaction") == 0);
+        pma_pptr committed = r->data;
+        /* abort: every change rolled back, the allocation released */
+        ta.fail = 7;
+        CHECK(pma_tx_run(pool, transfer, &ta) == PMA_ERR_ABORTED);
+        CHECK(strlen(pma_errormsg()) > 0);
+        CHECK(pair[0] == 90 && pair[1] == 10 && r->data == committed);
+        /* nested: the inner abort rolls back the outer changes too */
+        CHECK(pma_tx_run(pool, nested, &ta) == PMA_ERR_ABORTED);
+        CHECK(pair[0] == 90 && pair[1] == 10 && r->data == committed);
+        ta.fail = 0;
+        CHECK(pma_tx_run(pool, nested, &ta) == PMA_OK);
+        CHECK(pair[0] == 81 && pair[1] == 20);
+        /* a range outside the pool is refused */
+        struct tx_arg bad = {pool, r, (uint64_t *)&local, 0, 0};
+        CHECK(pma_tx_run(pool, transfer, &bad) == PMA_ERR_ABORTED && bad.rc == PMA_ERR_INVALID);
+        /* free in a transaction: unlink and free the node; rolled back, then committed */
+        pma_pptr last = r->data;
+        ta.fail = 4;
+        CHECK(pma_tx_run(pool, unlink_node, &ta) == PMA_ERR_ABORTED && r->data == last);
+        ta.fail = 0;
+        CHECK(pma_tx_run(pool, unlink_node, &ta) == PMA_OK && r->data == 0);
+        r->data = keep;
+        pma_persist(pool, &r->data, sizeof r->data);
+        pma_free(pool, pair);
+    }
 
     /* growth */
     CHECK(pma_pool_grow(pool, 16 << 20) == PMA_OK && pma_pool_size(pool) == 16 << 20);
