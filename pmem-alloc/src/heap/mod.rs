@@ -1299,11 +1299,16 @@ impl<P: Persist + 'static> HeapCore<P> {
     }
 
     /// Returns every thread cache to the bins. Callers must ensure no thread allocates from the
-    /// heap concurrently (close, checks, tests).
+    /// heap concurrently (close, checks, tests). Threads that have finished their work may still
+    /// be exiting (a scoped or joined thread runs its thread-local destructors after the join
+    /// returns), and an exiting thread flushes its own cache: both flushes run under the thread
+    /// registry's lock, so a cache is never drained twice at once.
     pub fn flush_all_caches(&self) {
-        for t in 1..MAX_THREADS {
-            self.flush_tid(t as u32);
-        }
+        tcache::with_registry_locked(|| {
+            for t in 1..MAX_THREADS {
+                self.flush_tid(t as u32);
+            }
+        });
     }
 
     /// Unregisters from the thread registry (before drop).

@@ -264,6 +264,13 @@ pub(crate) fn register_heap(addr: usize, vt: &'static HeapVTable) -> bool {
     false
 }
 
+/// Runs `f` holding the registry lock, which exiting threads hold while they flush their caches
+/// (so `f` may flush other threads' caches without racing an exiting owner).
+pub(crate) fn with_registry_locked<R>(f: impl FnOnce() -> R) -> R {
+    let _g = HEAPS.lock();
+    f()
+}
+
 /// Removes a heap from the registry (before it is dropped).
 pub(crate) fn unregister_heap(addr: usize) {
     let mut h = HEAPS.lock();
