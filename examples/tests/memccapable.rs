@@ -5,94 +5,13 @@
 //! Without `memccapable` on the PATH the tests are skipped with a message, unless the `CI`
 //! environment variable is set, in which case they fail.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+use common::Server;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pmem-memcached");
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1", "-p", &port.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pmem-memcached");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let mut s = Server { child, port, log };
-        let t0 = Instant::now();
-        while s.ready_line().is_none() {
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("server exited with {st}: {:?}", s.log.lock().unwrap());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server did not start: {:?}",
-                s.log
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s
-    }
-
-    fn ready_line(&self) -> Option<String> {
-        let log = self.log.lock().unwrap();
-        log.iter().find(|l| l.contains("ready in")).cloned()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's PID; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Runs `memccapable -a` against the port; None if the tool is missing (and CI is unset).
 fn memccapable(port: u16) -> Option<String> {
@@ -171,7 +90,7 @@ fn call(port: u16, req: &[u8], end: &[u8]) -> Vec<u8> {
 
 #[test]
 fn memccapable_memory_store() {
-    let s = Server::start(&["--store", "memory"]);
+    let s = Server::launch(&["--store", "memory"]);
     if let Some(out) = memccapable(s.port) {
         assert_all_passed(&out);
     }
@@ -193,12 +112,8 @@ fn memccapable_pmem_store_and_restarts() {
     let args = pmem_args(&pool);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    let mut s = Server::start(&args);
-    assert!(
-        s.ready_line().unwrap().contains("(new)"),
-        "{:?}",
-        s.ready_line()
-    );
+    let mut s = Server::launch(&args);
+    assert!(s.ready_line().contains("(new)"), "{:?}", s.ready_line());
     if let Some(out) = memccapable(s.port) {
         assert_all_passed(&out);
     }
@@ -209,8 +124,8 @@ fn memccapable_pmem_store_and_restarts() {
     drop(s);
 
     // Clean restart: the item is back.
-    let mut s = Server::start(&args);
-    let ready = s.ready_line().unwrap();
+    let mut s = Server::launch(&args);
+    let ready = s.ready_line();
     assert!(ready.contains("(clean)"), "{ready}");
     let want = b"VALUE keep 42 5\r\nhello\r\nEND\r\n";
     assert_eq!(call(s.port, b"get keep\r\n", b"END\r\n"), want);
@@ -223,8 +138,8 @@ fn memccapable_pmem_store_and_restarts() {
     let _ = s.wait_exit();
     drop(s);
 
-    let mut s = Server::start(&args);
-    let ready = s.ready_line().unwrap();
+    let mut s = Server::launch(&args);
+    let ready = s.ready_line();
     assert!(ready.contains("(recovered)"), "{ready}");
     let got = call(s.port, b"get keep after\r\n", b"END\r\n");
     assert_eq!(

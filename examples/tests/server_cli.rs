@@ -2,94 +2,19 @@
 //! limit, `shutdown` and signals. Servers run on free loopback ports with `--store memory`
 //! and are stopped by PID.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use common::BIN;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pmem-memcached");
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
+/// A server on the DRAM store.
+struct Server;
 
 impl Server {
-    fn start(extra: &[&str]) -> Server {
-        Server::start_raw(&[&["--store", "memory"], extra].concat())
-    }
-
-    fn start_raw(extra: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1", "-p", &port.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pmem-memcached");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let s = Server { child, port, log };
-        let t0 = Instant::now();
-        while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "server did not start: {:?}",
-                s.log
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s
-    }
-
-    fn connect(&self) -> TcpStream {
-        let c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's PID; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    /// Waits (bounded) for the exit status.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "server did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn start(extra: &[&str]) -> common::Server {
+        common::Server::launch(&[&["--store", "memory"], extra].concat())
     }
 }
 
@@ -289,7 +214,7 @@ fn user_option_drops_root() {
 fn maintenance_reclaims_expired_items() {
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("m.pool");
-    let s = Server::start_raw(&["-e", pool.to_str().unwrap()]);
+    let s = common::Server::launch(&["-e", pool.to_str().unwrap()]);
     let mut c = s.connect();
     assert_eq!(
         call(&mut c, b"set a 0 1 1\r\nx\r\n", b"\r\n"),

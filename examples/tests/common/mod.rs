@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,20 +19,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A server on a pool file. Killed (SIGKILL) on drop if still running.
+/// A `pmem-memcached` process on loopback. Killed (SIGKILL) on drop if still running.
 pub struct Server {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
-    pub pool: PathBuf,
 }
 
 impl Server {
+    /// A server on a pool file with `shutdown` enabled.
     pub fn start(pool: &Path, port: u16, extra: &[&str]) -> Server {
+        let pool = pool.to_str().expect("UTF-8 path");
+        Server::launch_on(port, &[&["-A", "-e", pool], extra].concat())
+    }
+
+    /// A server with exactly these options, on a free port.
+    pub fn launch(args: &[&str]) -> Server {
+        Server::launch_on(free_port(), args)
+    }
+
+    /// A server with exactly these options on `port`; waits (bounded) for its "ready" line.
+    pub fn launch_on(port: u16, args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-A", "-e"])
-            .arg(pool)
-            .args(extra)
+            .args(["-l", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -46,12 +56,7 @@ impl Server {
                 l2.lock().unwrap().push(line);
             }
         });
-        let mut s = Server {
-            child,
-            port,
-            log,
-            pool: pool.to_path_buf(),
-        };
+        let mut s = Server { child, port, log };
         let t0 = Instant::now();
         while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
             if let Some(st) = s.child.try_wait().unwrap() {
@@ -65,6 +70,13 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
         s
+    }
+
+    /// A raw connection (10 s read timeout).
+    pub fn connect(&self) -> TcpStream {
+        let c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
     }
 
     /// The "ready" log line.
