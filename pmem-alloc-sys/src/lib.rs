@@ -200,6 +200,26 @@ fn options(layout: Option<&str>) -> PoolOptions {
     o
 }
 
+/// The checked arguments of [`pma_pool_create`] and [`pma_pool_open`]: the path, the layout
+/// name (None for NULL), `out` non-NULL.
+///
+/// # Safety
+/// `path` and `layout` are NULL or NUL-terminated.
+unsafe fn open_args<'a>(
+    path: *const c_char,
+    layout: *const c_char,
+    out: *mut *mut pma_pool,
+) -> Result<(&'a str, Option<&'a str>), c_int> {
+    if out.is_null() {
+        return Err(fail(PMA_ERR_INVALID, "out is NULL"));
+    }
+    // SAFETY: caller's contract.
+    let path = unsafe { str_arg(path, "path") }?;
+    // SAFETY: caller's contract.
+    let layout = (!layout.is_null()).then(|| unsafe { str_arg(layout, "layout") });
+    Ok((path, layout.transpose()?))
+}
+
 /// Creates a pool file of `size` bytes at `path` (which must not exist). `layout` (may be
 /// NULL) is an application name of at most 31 bytes, checked by [`pma_pool_open`].
 ///
@@ -213,18 +233,9 @@ pub unsafe extern "C" fn pma_pool_create(
     out: *mut *mut pma_pool,
 ) -> c_int {
     guard(PMA_ERR_PANIC, || {
-        if out.is_null() {
-            return fail(PMA_ERR_INVALID, "out is NULL");
-        }
         // SAFETY: caller's contract.
-        let path = match unsafe { str_arg(path, "path") } {
-            Ok(p) => p,
-            Err(c) => return c,
-        };
-        // SAFETY: caller's contract.
-        let layout = (!layout.is_null()).then(|| unsafe { str_arg(layout, "layout") });
-        let layout = match layout.transpose() {
-            Ok(l) => l,
+        let (path, layout) = match unsafe { open_args(path, layout, out) } {
+            Ok(a) => a,
             Err(c) => return c,
         };
         match Pool::create(Path::new(path), size, &options(layout)) {
@@ -249,18 +260,9 @@ pub unsafe extern "C" fn pma_pool_open(
     out: *mut *mut pma_pool,
 ) -> c_int {
     guard(PMA_ERR_PANIC, || {
-        if out.is_null() {
-            return fail(PMA_ERR_INVALID, "out is NULL");
-        }
         // SAFETY: caller's contract.
-        let path = match unsafe { str_arg(path, "path") } {
-            Ok(p) => p,
-            Err(c) => return c,
-        };
-        // SAFETY: caller's contract.
-        let layout = (!layout.is_null()).then(|| unsafe { str_arg(layout, "layout") });
-        let layout = match layout.transpose() {
-            Ok(l) => l,
+        let (path, layout) = match unsafe { open_args(path, layout, out) } {
+            Ok(a) => a,
             Err(c) => return c,
         };
         match Pool::open(Path::new(path), &options(layout)) {
