@@ -819,12 +819,18 @@ impl<P: Persist + 'static> PmemStore<P> {
         unsafe { self.pool.free(self.ptr_of(it)) };
     }
 
-    /// Removes a linked item: unlink from its chain (durably), from the LRU, free. Caller holds
-    /// the item's stripe lock (and not the LRU lock).
-    fn remove(&self, link: Link, it: It) {
+    /// Takes `it` out of its chain: one 8-byte store of its successor into the link that
+    /// points at it, flushed and fenced (an unlink is durable before the block is reused).
+    fn unlink_durably(&self, link: Link, it: It) {
         link.set(it.rd64(I_NEXT));
         self.flush(link.0, 8);
         self.fence();
+    }
+
+    /// Removes a linked item: unlink from its chain (durably), from the LRU, free. Caller holds
+    /// the item's stripe lock (and not the LRU lock).
+    fn remove(&self, link: Link, it: It) {
+        self.unlink_durably(link, it);
         {
             let _l = lock(&self.lru);
             self.lru_unlink(it);
@@ -850,9 +856,7 @@ impl<P: Persist + 'static> PmemStore<P> {
                     if found == it {
                         let (dead, _) = self.dead(it, now);
                         let fetched = it.rd32(I_AFLAGS) & A_FETCHED != 0;
-                        link.set(it.rd64(I_NEXT));
-                        self.flush(link.0, 8);
-                        self.fence();
+                        self.unlink_durably(link, it);
                         self.lru_unlink(it);
                         self.release(it);
                         if dead {
@@ -1025,9 +1029,7 @@ impl<P: Persist + 'static> PmemStore<P> {
             while let Some(it) = self.item_at(link.get()) {
                 max_cas = max_cas.max(it.rd64(I_CAS));
                 if self.dead(it, now).0 {
-                    link.set(it.rd64(I_NEXT));
-                    self.flush(link.0, 8);
-                    self.fence();
+                    self.unlink_durably(link, it);
                     // SAFETY: unlinked durably; marked by the tracer, so a live block.
                     unsafe { self.pool.free(self.ptr_of(it)) };
                     dropped += 1;
@@ -1470,7 +1472,8 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
             };
         }
         // Every header (LRU links, access times) to the media, then the root.
-        let mut cur = unsafe_root_read(r, |r| r.lru_head);
+        // SAFETY: quiesced (every lock held); the root is a live block.
+        let mut cur = unsafe { (*r).lru_head };
         let mut steps = 0u64;
         while let Some(it) = self.item_at_off(cur) {
             self.flush(it.0, HDR);
@@ -1493,9 +1496,4 @@ impl<P: Persist + 'static> CacheStore for PmemStore<P> {
         unsafe { (*r).flags |= F_CLEAN };
         self.persist_root();
     }
-}
-
-fn unsafe_root_read<T>(r: *mut CacheRoot, f: impl FnOnce(&CacheRoot) -> T) -> T {
-    // SAFETY: callers hold the LRU lock (or run single-threaded); the root is a live block.
-    f(unsafe { &*r })
 }
