@@ -269,6 +269,10 @@ pub struct Mapping {
     persister: Hardware,
     /// Whether `MAP_SYNC` was used (for regular-file growth).
     map_flags: libc::c_int,
+    /// A part of the reservation given up after a failed growth (`offset`, `len`; len 0: none):
+    /// a failed `MAP_FIXED` call may have unmapped it and another thread may own it now, so it
+    /// is never unmapped by us and the mapping cannot grow any more.
+    lost: (usize, usize),
 }
 
 // SAFETY: the mapping is plain memory owned by this value; sharing the raw base pointer across
@@ -375,8 +379,11 @@ impl Mapping {
         let len = round_up(len.max(1), sys::page_size());
         let (base, reserved) = Self::reserve_aligned(&path, len, opts)?;
         // SAFETY: `base..base+len` lies in the reservation we just made and own.
-        unsafe { sys::mmap_fixed(base, len, None, libc::MAP_SHARED, 0) }
-            .map_err(|e| MapError::from_io(&path, "mmap", e))?;
+        if let Err(e) = unsafe { sys::mmap_fixed(base, len, None, libc::MAP_SHARED, 0) } {
+            // SAFETY: the reservation minus the range the failed call touched is ours.
+            unsafe { release_except(base, reserved, 0, len) };
+            return Err(MapError::from_io(&path, "mmap", e));
+        }
         Ok(Mapping {
             base: NonNull::new(base).expect("mmap never returns null on success"),
             len,
@@ -386,6 +393,7 @@ impl Mapping {
             path,
             persister: Hardware::new(FlushMethod::None),
             map_flags: libc::MAP_SHARED,
+            lost: (0, 0),
         })
     }
 
@@ -432,42 +440,32 @@ impl Mapping {
         len: usize,
         opts: &MapOptions,
     ) -> Result<Mapping, MapError> {
+        // Probe MAP_SYNC before reserving: a refused MAP_FIXED call must never be retried (see
+        // `sys::map_sync_supported`).
+        let sync = opts.try_sync
+            && sys::map_sync_supported(&file).map_err(|e| MapError::from_io(path, "mmap", e))?;
+        if opts.require_dax && !sync {
+            return Err(MapError::NotDax {
+                path: path.into(),
+                reason: "the kernel refused MAP_SYNC for this file".into(),
+            });
+        }
         let (base, reserved) = Self::reserve_aligned(path, len, opts)?;
-        let release = |e: MapError| {
-            // SAFETY: the reservation is ours and nothing references it yet.
-            let _ = unsafe { sys::munmap(base, reserved) };
-            e
-        };
-        let sync_flags = sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC;
-        let first = if opts.try_sync {
-            sync_flags
+        let flags = if sync {
+            sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC
         } else {
             libc::MAP_SHARED
         };
         // SAFETY: `base..base+len` is inside our reservation.
-        let kind = match unsafe { sys::mmap_fixed(base, len, Some(&file), first, 0) } {
-            Ok(_) if !opts.try_sync => MapKind::PageCache,
-            Ok(_) => MapKind::SyncDax,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
-                ) =>
-            {
-                if opts.require_dax {
-                    return Err(release(MapError::NotDax {
-                        path: path.into(),
-                        reason: format!("the kernel refused MAP_SYNC ({e})"),
-                    }));
-                }
-                // SAFETY: as above; MAP_FIXED re-establishes the range whatever the failed call did.
-                let r = unsafe { sys::mmap_fixed(base, len, Some(&file), libc::MAP_SHARED, 0) };
-                if let Err(e) = r {
-                    return Err(release(MapError::from_io(path, "mmap", e)));
-                }
-                MapKind::PageCache
-            }
-            Err(e) => return Err(release(MapError::from_io(path, "mmap", e))),
+        if let Err(e) = unsafe { sys::mmap_fixed(base, len, Some(&file), flags, 0) } {
+            // SAFETY: the reservation minus the range the failed call touched is ours.
+            unsafe { release_except(base, reserved, 0, len) };
+            return Err(MapError::from_io(path, "mmap", e));
+        }
+        let kind = if sync {
+            MapKind::SyncDax
+        } else {
+            MapKind::PageCache
         };
         let persister = match kind {
             MapKind::SyncDax => Hardware::detected(),
@@ -481,11 +479,8 @@ impl Mapping {
             file: Some(file),
             path: path.to_path_buf(),
             persister,
-            map_flags: if kind == MapKind::SyncDax {
-                sync_flags
-            } else {
-                libc::MAP_SHARED
-            },
+            map_flags: flags,
+            lost: (0, 0),
         })
     }
 
@@ -512,22 +507,17 @@ impl Mapping {
         let align = sys::devdax_align(&st)
             .unwrap_or(HUGE_PAGE)
             .max(sys::page_size());
+        // Device DAX is synchronous with or without the flag; ask for it where accepted, and
+        // probe first because a refused MAP_FIXED call is never retried (see `map_file`).
+        let flags = match sys::map_sync_supported(&file) {
+            Ok(true) => sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC,
+            _ => libc::MAP_SHARED,
+        };
         let (base, reserved) = Self::reserve_with_align(path, round_up(len, align), align)?;
         // SAFETY: inside our reservation.
-        let r = unsafe {
-            sys::mmap_fixed(
-                base,
-                len,
-                Some(&file),
-                sys::MAP_SHARED_VALIDATE | sys::MAP_SYNC,
-                0,
-            )
-        }
-        // SAFETY: as above.
-        .or_else(|_| unsafe { sys::mmap_fixed(base, len, Some(&file), libc::MAP_SHARED, 0) });
-        if let Err(e) = r {
-            // SAFETY: the reservation is ours and unreferenced.
-            let _ = unsafe { sys::munmap(base, reserved) };
+        if let Err(e) = unsafe { sys::mmap_fixed(base, len, Some(&file), flags, 0) } {
+            // SAFETY: the reservation minus the range the failed call touched is ours.
+            unsafe { release_except(base, reserved, 0, len) };
             return Err(MapError::from_io(path, "mmap", e));
         }
         Ok(Mapping {
@@ -539,6 +529,7 @@ impl Mapping {
             path: path.to_path_buf(),
             persister: Hardware::detected(),
             map_flags: libc::MAP_SHARED,
+            lost: (0, 0),
         })
     }
 
@@ -648,6 +639,13 @@ impl Mapping {
                 path: self.path.clone(),
             });
         };
+        if self.lost.1 != 0 {
+            return Err(MapError::from_io(
+                &self.path,
+                "mmap",
+                std::io::Error::other("an earlier growth of this mapping failed; reopen to grow"),
+            ));
+        }
         if new_len > self.reserved {
             return Err(MapError::TooLarge {
                 path: self.path.clone(),
@@ -669,10 +667,9 @@ impl Mapping {
             }
         })?;
         let old = round_up(self.len, ps);
-        // SAFETY: `base+old..base+new_len` is the unused tail of our own reservation (reserve
-        // keeps it mapped PROT_NONE ... or unmapped after a previous failure; MAP_FIXED covers
-        // both) and nothing references it.
-        unsafe {
+        // SAFETY: `base+old..base+new_len` is the unused tail of our own reservation (mapped
+        // PROT_NONE) and nothing references it.
+        let r = unsafe {
             sys::mmap_fixed(
                 self.as_ptr().add(old),
                 new_len - old,
@@ -680,8 +677,12 @@ impl Mapping {
                 self.map_flags,
                 old as u64,
             )
+        };
+        if let Err(e) = r {
+            // The failed call may have unmapped the range and someone else may map there now.
+            self.lost = (old, new_len - old);
+            return Err(MapError::from_io(&self.path, "mmap", e));
         }
-        .map_err(|e| MapError::from_io(&self.path, "mmap", e))?;
         self.len = new_len;
         Ok(())
     }
@@ -689,9 +690,25 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: the whole reservation belongs to this value and no reference into it can
-        // outlive it (the type hands out raw pointers only; their users are bound by it).
-        let _ = unsafe { sys::munmap(self.base.as_ptr(), self.reserved) };
+        // SAFETY: the reservation, except a range given up after a failed growth, belongs to
+        // this value and no reference into it can outlive it (the type hands out raw pointers
+        // only; their users are bound by it).
+        unsafe { release_except(self.base.as_ptr(), self.reserved, self.lost.0, self.lost.1) };
+    }
+}
+
+/// Unmaps the reservation `base..base+reserved` except `base+off..base+off+len`, the target of
+/// a failed `MAP_FIXED` call (which may be a hole that another thread has mapped since).
+///
+/// # Safety
+/// The reservation outside that range is the caller's and nothing references it.
+unsafe fn release_except(base: *mut u8, reserved: usize, off: usize, len: usize) {
+    let end = (off + len).min(reserved);
+    // SAFETY: both parts lie in the caller's reservation (contract); `munmap` of length 0 is a
+    // no-op.
+    unsafe {
+        let _ = sys::munmap(base, off.min(reserved));
+        let _ = sys::munmap(base.add(end), reserved - end);
     }
 }
 

@@ -226,3 +226,60 @@ fn an_unreadable_file_is_permission_denied_for_non_root() {
         assert!(matches!(r, Err(MapError::PermissionDenied { .. })), "{r:?}");
     }
 }
+
+/// Mappings made at the same time by several threads never overlap. Regression test: a
+/// `MAP_FIXED` call with `MAP_SYNC` that ext4 without DAX refuses has already unmapped its range
+/// (Linux 6.x), so the old "try MAP_SYNC, then retry without" let another thread's reservation
+/// take the hole; the two mappings then shared pages and one thread's unmap destroyed the
+/// other's pool (SIGSEGV). File mappers fill their whole mapping with their own pattern and
+/// check it while other threads make and drop large anonymous reservations.
+#[test]
+fn concurrent_mappings_never_overlap() {
+    let d = tempfile::tempdir().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let stop = &stop;
+            s.spawn(move || {
+                let o = MapOptions::new().reserve(1 << 36);
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200_000 {
+                    let m = Mapping::anonymous_with(1 << 20, &o).unwrap();
+                    drop(m);
+                    n += 1;
+                }
+            });
+        }
+        let mut files = Vec::new();
+        for t in 0..2 {
+            let dir = d.path();
+            files.push(s.spawn(move || {
+                for r in 0..300 {
+                    let p = dir.join(format!("m{t}-{r}"));
+                    let o = MapOptions::new().reserve(1 << 36);
+                    let m = Mapping::create(&p, 2 << 20, &o).unwrap();
+                    let tag = (t * 1000 + r) as u64;
+                    let base = m.as_ptr().cast::<u64>();
+                    let n = m.len() / 8;
+                    for i in (0..n).step_by(512) {
+                        // SAFETY: inside the mapping, aligned.
+                        unsafe { base.add(i).write_volatile(tag) };
+                    }
+                    std::thread::yield_now();
+                    for i in (0..n).step_by(512) {
+                        // SAFETY: as above.
+                        let v = unsafe { base.add(i).read_volatile() };
+                        assert_eq!(v, tag, "thread {t} round {r}: word {i} overwritten");
+                    }
+                    drop(m);
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }));
+        }
+        for f in files {
+            let r = f.join();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            r.unwrap();
+        }
+    });
+}

@@ -151,7 +151,10 @@ fn anon(len: usize, prot: libc::c_int) -> io::Result<*mut u8> {
 ///
 /// # Safety
 /// `addr..addr+len` must be page aligned and lie inside an address-space reservation owned by
-/// the caller (from [`reserve`]); anything previously mapped there is destroyed.
+/// the caller (from [`reserve`]); anything previously mapped there is destroyed. When the call
+/// fails the range may already be unmapped (the kernel unmaps before the filesystem can
+/// refuse), and another thread may map there at once: the caller must give the range up and
+/// never unmap or map it again.
 pub(crate) unsafe fn mmap_fixed(
     addr: *mut u8,
     len: usize,
@@ -180,6 +183,39 @@ pub(crate) unsafe fn mmap_fixed(
     } else {
         Ok(p.cast())
     }
+}
+
+/// Whether the file's filesystem accepts `MAP_SYNC` mappings, probed with a one-page mapping at
+/// an address the kernel chooses (then unmapped again).
+///
+/// The probe exists so that [`mmap_fixed`] is never *tried* with `MAP_SYNC`: since Linux 6.x a
+/// `MAP_FIXED` call that the filesystem refuses (ext4 or xfs without DAX return `EOPNOTSUPP`
+/// from their mmap handler) has already unmapped its target range, and another thread's mmap
+/// can take that hole before a retry maps the file there again; the retry then replaces the
+/// other thread's memory.
+pub(crate) fn map_sync_supported(file: &File) -> io::Result<bool> {
+    let len = page_size();
+    // SAFETY: a new shared mapping at a kernel-chosen address replaces nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            MAP_SHARED_VALIDATE | MAP_SYNC,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the probe mapping was just made by this function and nothing refers to it.
+    let _ = unsafe { libc::munmap(p, len) };
+    Ok(true)
 }
 
 /// `munmap(2)`.
