@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Runs `f` against a fresh keyspace of each backend.
 fn each(f: impl Fn(&mut ExecClient)) {
-    for (name, make, _) in backends() {
-        eprintln!("backend {name}");
-        f(&mut ExecClient::new(make()));
+    for b in backends() {
+        eprintln!("backend {}", b.name);
+        f(&mut ExecClient::new((b.make)()));
     }
 }
 
@@ -758,8 +758,8 @@ proptest! {
 
     #[test]
     fn random_sequences_match_the_model(cmds in prop::collection::vec(command_strategy(), 1..60)) {
-        for (_, make, _) in backends() {
-            let mut c = ExecClient::new(make());
+        for b in backends() {
+            let mut c = ExecClient::new((b.make)());
             let mut m = Model::default();
             for cmd in &cmds {
                 let words: Vec<&[u8]> = cmd.iter().map(|s| s.as_bytes()).collect();

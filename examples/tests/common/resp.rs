@@ -12,10 +12,22 @@ use std::time::{Duration, Instant};
 
 pub const REDIS_BIN: &str = env!("CARGO_BIN_EXE_pmem-redis");
 
-/// Every backend the generic tests run against: (name, constructor of an empty keyspace,
-/// server options selecting it). A new backend is one more line here.
-pub fn backends() -> Vec<(&'static str, fn() -> Arc<dyn Db>, &'static [&'static str])> {
-    vec![("memory", || Arc::new(MemDb::new()), &["--memory"])]
+/// A backend under test.
+pub struct Backend {
+    pub name: &'static str,
+    /// An empty keyspace, for exec-level tests.
+    pub make: fn() -> Arc<dyn Db>,
+    /// The `pmem-redis` options that select it.
+    pub server_args: &'static [&'static str],
+}
+
+/// Every backend the generic tests run against. A new backend is one more line here.
+pub fn backends() -> Vec<Backend> {
+    vec![Backend {
+        name: "memory",
+        make: || Arc::new(MemDb::new()),
+        server_args: &["--memory"],
+    }]
 }
 
 /// A decoded RESP2 reply.
