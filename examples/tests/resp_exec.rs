@@ -771,3 +771,80 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------- robustness
+
+fn any_arg() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "0",
+            "-1",
+            "1",
+            "2",
+            "x",
+            "nx",
+            "xx",
+            "gt",
+            "lt",
+            "ch",
+            "ex",
+            "px",
+            "exat",
+            "pxat",
+            "get",
+            "keepttl",
+            "withscores",
+            "inf",
+            "-inf",
+            "nan",
+            "1.5",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "k",
+            "l",
+            "h",
+            "",
+            "docs",
+            "count",
+            "setname",
+            "id",
+            "save",
+            "async",
+            "all",
+            "keyspace",
+        ])
+        .prop_map(|s| s.as_bytes().to_vec()),
+        prop::collection::vec(any::<u8>(), 0..12),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Any command of the table with arbitrary arguments gets exactly one well-formed reply
+    /// (none for SHUTDOWN), never a panic.
+    #[test]
+    fn random_commands_get_one_reply(
+        cmds in prop::collection::vec(
+            (prop::sample::select(pmem_examples::resp::exec::COMMANDS.to_vec()),
+             prop::collection::vec(any_arg(), 0..6)),
+            1..40)
+    ) {
+        for b in backends() {
+            let mut c = ExecClient::new((b.make)());
+            for ((name, _), args) in &cmds {
+                let mut words: Vec<&[u8]> = vec![name.as_bytes()];
+                words.extend(args.iter().map(Vec::as_slice));
+                let mut out = Vec::new();
+                let flow = pmem_examples::resp::exec::execute(
+                    &*c.db, &c.info, &mut c.session, &words, c.now, &mut out);
+                if flow == Flow::Shutdown {
+                    prop_assert!(out.is_empty());
+                } else {
+                    common::resp::decode_one(&out);
+                }
+                c.now += 7;
+            }
+        }
+    }
+}

@@ -274,7 +274,10 @@ pub fn parse_i64_strict(b: &[u8]) -> Option<i64> {
 impl Db for MemDb {
     fn dbsize(&self, now_ms: u64) -> u64 {
         let g = self.lock();
-        let expired = g.expires.range(..(now_ms + 1, Vec::new())).count();
+        let expired = g
+            .expires
+            .range(..(now_ms.saturating_add(1), Vec::new()))
+            .count();
         (g.map.len() - expired.min(g.map.len())) as u64
     }
 
@@ -655,7 +658,10 @@ impl Db for MemDb {
 
     fn expires_count(&self, now_ms: u64) -> u64 {
         let g = self.lock();
-        let expired = g.expires.range(..(now_ms + 1, Vec::new())).count();
+        let expired = g
+            .expires
+            .range(..(now_ms.saturating_add(1), Vec::new()))
+            .count();
         (g.expires.len() - expired) as u64
     }
 
