@@ -1,4 +1,6 @@
 //! Example programs built on pmem-alloc. The library part holds the memcached-compatible cache
-//! ([`memcache`]) so that its tests and benchmarks can drive it directly.
+//! ([`memcache`]) and the Redis-compatible server ([`resp`]) so that their tests and benchmarks
+//! can drive them directly.
 
 pub mod memcache;
+pub mod resp;

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod collections;
 pub mod flush;
 pub mod global;
 pub mod heap;

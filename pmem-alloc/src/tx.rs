@@ -39,6 +39,11 @@
 //! A transaction that updates *n* ranges therefore costs `n + 2` fences with one `get_mut` per
 //! range, or 3 fences with one [`Tx::snapshot_many`] call.
 //!
+//! Memory whose old contents do not matter if the transaction aborts (a vector's slots beyond
+//! its length, say) needs no undo entry either: [`Tx::mark_dirty`] registers such a range for
+//! the commit's flush without logging it (no fence of its own). This is what makes a
+//! persistent vector's push cost one snapshot (its length) rather than two.
+//!
 //! Why allocations need no log entry: allocating is volatile in this allocator (nothing about a
 //! block is persisted), and after a crash the reachability scan frees every block that no
 //! durable link reaches. A block allocated by an uncommitted transaction can only be reached
@@ -166,6 +171,13 @@ pub enum TxError {
     /// The transaction lanes could not be created.
     #[error("cannot create the transaction lanes: {0}")]
     Lanes(String),
+    /// An index or position outside a persistent collection (see [`crate::collections`]).
+    #[error("index out of range")]
+    OutOfRange,
+    /// A persistent collection's stored header or contents are inconsistent (a length beyond
+    /// the capacity, a buffer outside the pool, invalid UTF-8 in a `PString`, ...).
+    #[error("a persistent collection is corrupt")]
+    Corrupt,
 }
 
 // ------------------------------------------------------------------------- volatile lane state
@@ -190,6 +202,9 @@ struct LaneVol {
     allocs: Vec<(*mut u8, usize)>,
     /// Blocks to free at commit.
     frees: Vec<*mut u8>,
+    /// Ranges written without an undo entry ([`Tx::mark_dirty`]): (pool offset, length),
+    /// flushed at commit.
+    dirty: Vec<(usize, usize)>,
     /// Staging buffer for the entries of one snapshot call.
     stage: Vec<u8>,
     /// Ranges registered in the pool's borrow table.
@@ -457,6 +472,7 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             entries: Vec::new(),
             allocs: Vec::new(),
             frees: Vec::new(),
+            dirty: Vec::new(),
             stage: Vec::new(),
             borrows: 0,
             poisoned: false,
@@ -856,6 +872,81 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         self.save(ranges.iter().map(|&(p, len)| (p.offset() as usize, len)))
     }
 
+    /// Registers `len` bytes from `p` to be flushed at commit **without** saving their old
+    /// bytes: for memory whose contents before the transaction do not matter if it aborts or
+    /// crashes, such as the unused capacity of a vector beyond its length. The application
+    /// then writes the range through raw pointers. Costs no fence now (the flush joins the
+    /// commit's first fence). Ranges inside blocks allocated by this transaction need neither
+    /// this nor a snapshot (they are flushed at commit anyway).
+    ///
+    /// Contract (a crash-consistency contract, not a memory-safety one): after an abort or a
+    /// crash before the commit point, the range may hold the new bytes, the old ones or any
+    /// mix of them (the writes are not undone), so nothing reachable after a rollback may
+    /// depend on its contents. Writing memory that an existing reference borrows is, as
+    /// always, undefined behaviour; the raw writes are the caller's `unsafe` code.
+    ///
+    /// Fails with [`TxError::InvalidPointer`] for ranges outside the heap (as
+    /// [`Tx::snapshot`]).
+    ///
+    /// # Examples
+    /// ```
+    /// use pmem_alloc::pool::{Pool, PoolOptions};
+    /// use pmem_alloc::pptr::PPtr;
+    /// use pmem_alloc::tx::TxError;
+    /// let dir = tempfile::tempdir()?;
+    /// let pool = Pool::create(&dir.path().join("d.pool"), 8 << 20, &PoolOptions::default())?;
+    /// // [len, slot0, slot1, slot2]: slots at index >= len are unused
+    /// let root = pool.root::<[u64; 4]>()?;
+    /// pool.transaction(|tx| {
+    ///     let r = tx.get_mut(root)?; // saves all four words
+    ///     r[1] = 5;
+    ///     r[0] = 1;
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// pool.transaction(|tx| {
+    ///     let slot = root.cast::<u8>().byte_add(16); // slot 1: unused, no undo needed
+    ///     tx.mark_dirty(slot, 8)?;
+    ///     let a = tx.pool().get(slot.cast::<u64>()).ok_or(TxError::InvalidPointer)?;
+    ///     // SAFETY: inside the pool; no reference to the root exists in this transaction.
+    ///     unsafe { a.write(6) };
+    ///     tx.snapshot(root, 8)?; // the length word does need its undo entry
+    ///     let len = tx.pool().get(root.cast::<u64>()).ok_or(TxError::InvalidPointer)?;
+    ///     // SAFETY: as above; saved just before.
+    ///     unsafe { *len = 2 };
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// pool.transaction(|tx| {
+    ///     assert_eq!(&tx.get(root)?[..3], &[2, 5, 6]);
+    ///     Ok::<_, TxError>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mark_dirty<T: ?Sized>(&self, p: PPtr<T>, len: usize) -> Result<(), TxError> {
+        let off = self.check_range(p.cast::<u8>(), len)?;
+        if len > 0 {
+            let v = self.v();
+            // consecutive pushes extend the previous range
+            match v.dirty.last_mut() {
+                Some((o, n)) if *o + *n == off => *n += len,
+                _ => v.dirty.push((off, len)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The address of `len` bytes from `p`, checked as [`Tx::snapshot`] checks (in the heap,
+    /// outside the metadata and the lanes). For the collections' raw access.
+    pub(crate) fn raw_range(&self, p: PPtr<u8>, len: usize) -> Result<*mut u8, TxError> {
+        let off = self.check_range(p, len)?;
+        Ok((self.base() + off) as *mut u8)
+    }
+
+    /// Allocates `size` zeroed bytes with `align` (at least 16), as [`Tx::alloc`].
+    pub(crate) fn alloc_raw(&self, size: usize, align: usize) -> Result<PPtr<u8>, TxError> {
+        let p = self.alloc_block(size.max(1), align)?;
+        Ok(PPtr::from_offset((p as usize - self.base()) as u64))
+    }
+
     fn check_range(&self, p: PPtr<u8>, len: usize) -> Result<usize, TxError> {
         let off = p.offset() as usize;
         if p.is_null()
@@ -1091,6 +1182,11 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
             unsafe { pers.flush(p, n) };
             flushed = true;
         }
+        for &(off, len) in &v.dirty {
+            // SAFETY: a range of the pool checked by `mark_dirty`.
+            unsafe { pers.flush(base.add(off), len) };
+            flushed = true;
+        }
         if flushed {
             // Ordering: the new contents are durable before the log is invalidated.
             pers.drain();
@@ -1137,6 +1233,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         v.entries.clear();
         v.allocs.clear();
         v.frees.clear();
+        v.dirty.clear();
         v.used = 0;
         v.poisoned = false;
         if v.borrows > 0 {

@@ -1,6 +1,8 @@
 //! Shared by the restart and kill tests: a `pmem-memcached` process on a pool file and a
-//! minimal text-protocol client.
+//! minimal text-protocol client; [`resp`] holds the helpers of the `pmem-redis` tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
+
+pub mod resp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,11 @@
+//! A Redis-compatible (RESP2) key-value server over a pluggable storage backend.
+//!
+//! Layers: [`db`] (the storage interface), [`memdb`] (the DRAM reference backend),
+//! [`proto`] (request parser and reply encoder), [`exec`] (command execution against a
+//! backend), [`server`] (the TCP server of the `pmem-redis` binary). See docs/redis.md.
+
+pub mod db;
+pub mod exec;
+pub mod memdb;
+pub mod proto;
+pub mod server;

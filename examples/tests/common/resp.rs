@@ -1,0 +1,395 @@
+//! Shared by the `resp_*` tests: the backends under test, a RESP reply decoder, an exec-level
+//! client with a controllable clock, a `pmem-redis` process and a blocking TCP client.
+
+use pmem_examples::resp::db::Db;
+use pmem_examples::resp::exec::{self, Flow, ServerInfo, Session};
+use pmem_examples::resp::memdb::MemDb;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const REDIS_BIN: &str = env!("CARGO_BIN_EXE_pmem-redis");
+
+/// A backend under test.
+pub struct Backend {
+    pub name: &'static str,
+    /// An empty keyspace, for exec-level tests.
+    pub make: fn() -> Arc<dyn Db>,
+    /// The `pmem-redis` options that select it.
+    pub server_args: &'static [&'static str],
+}
+
+/// Every backend the generic tests run against. A new backend is one more line here.
+pub fn backends() -> Vec<Backend> {
+    vec![Backend {
+        name: "memory",
+        make: || Arc::new(MemDb::new()),
+        server_args: &["--memory"],
+    }]
+}
+
+/// A decoded RESP2 reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum V {
+    Simple(String),
+    Err(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Arr(Vec<V>),
+    NilArr,
+}
+
+impl V {
+    pub fn b(s: &str) -> V {
+        V::Bulk(s.as_bytes().to_vec())
+    }
+    pub fn ok() -> V {
+        V::Simple("OK".into())
+    }
+    pub fn arr(items: &[&str]) -> V {
+        V::Arr(items.iter().map(|s| V::b(s)).collect())
+    }
+    /// The bulk strings of an array reply, sorted (for replies in no particular order).
+    pub fn sorted(&self) -> Vec<String> {
+        let V::Arr(items) = self else {
+            panic!("not an array: {self:?}")
+        };
+        let mut v: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                V::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                other => panic!("not a bulk string: {other:?}"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+    pub fn is_err(&self) -> bool {
+        matches!(self, V::Err(_))
+    }
+}
+
+fn line(b: &[u8]) -> Option<(&[u8], usize)> {
+    let p = b.windows(2).position(|w| w == b"\r\n")?;
+    Some((&b[..p], p + 2))
+}
+
+/// Decodes one reply from the front of `b`: the value and its length, None if incomplete.
+pub fn decode(b: &[u8]) -> Option<(V, usize)> {
+    let (&t, _) = b.split_first()?;
+    let (l, n) = line(&b[1..])?;
+    let n = n + 1;
+    let s = String::from_utf8_lossy(l).into_owned();
+    match t {
+        b'+' => Some((V::Simple(s), n)),
+        b'-' => Some((V::Err(s), n)),
+        b':' => Some((V::Int(s.parse().expect("integer reply")), n)),
+        b'$' => {
+            let len: i64 = s.parse().expect("bulk length");
+            if len < 0 {
+                return Some((V::Nil, n));
+            }
+            let len = len as usize;
+            if b.len() < n + len + 2 {
+                return None;
+            }
+            assert_eq!(&b[n + len..n + len + 2], b"\r\n", "bulk terminator");
+            Some((V::Bulk(b[n..n + len].to_vec()), n + len + 2))
+        }
+        b'*' => {
+            let len: i64 = s.parse().expect("array length");
+            if len < 0 {
+                return Some((V::NilArr, n));
+            }
+            let mut pos = n;
+            let mut items = Vec::new();
+            for _ in 0..len {
+                let (v, m) = decode(&b[pos..])?;
+                items.push(v);
+                pos += m;
+            }
+            Some((V::Arr(items), pos))
+        }
+        other => panic!(
+            "bad reply type byte {other:?} in {:?}",
+            String::from_utf8_lossy(b)
+        ),
+    }
+}
+
+/// Decodes a buffer holding exactly one reply.
+pub fn decode_one(b: &[u8]) -> V {
+    let (v, n) =
+        decode(b).unwrap_or_else(|| panic!("incomplete reply {:?}", String::from_utf8_lossy(b)));
+    assert_eq!(n, b.len(), "trailing bytes after {v:?}");
+    v
+}
+
+/// A client that runs commands straight through the exec layer, with its own clock.
+pub struct ExecClient {
+    pub db: Arc<dyn Db>,
+    pub info: ServerInfo,
+    pub session: Session,
+    /// The `now_ms` passed to the commands.
+    pub now: u64,
+}
+
+impl ExecClient {
+    pub fn new(db: Arc<dyn Db>) -> ExecClient {
+        let info = ServerInfo::for_tests();
+        let session = Session::new(&info);
+        ExecClient {
+            db,
+            info,
+            session,
+            now: 1_700_000_000_000,
+        }
+    }
+
+    /// Runs one command given as words; its reply and flow.
+    pub fn run(&mut self, words: &[&[u8]]) -> (V, Flow) {
+        let mut out = Vec::new();
+        let flow = exec::execute(
+            &*self.db,
+            &self.info,
+            &mut self.session,
+            words,
+            self.now,
+            &mut out,
+        );
+        if out.is_empty() {
+            return (V::NilArr, flow);
+        }
+        (decode_one(&out), flow)
+    }
+
+    /// Runs a command written as space-separated words.
+    pub fn c(&mut self, cmd: &str) -> V {
+        let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
+        self.run(&words).0
+    }
+
+    /// Runs a command given as words.
+    pub fn w(&mut self, words: &[&[u8]]) -> V {
+        self.run(words).0
+    }
+}
+
+/// A `pmem-redis` process on loopback. Killed (SIGKILL) on drop if still running.
+pub struct RedisServer {
+    pub child: Child,
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl RedisServer {
+    /// A server with these options on a free port; waits (bounded) for its "ready" line.
+    pub fn launch(args: &[&str]) -> RedisServer {
+        let port = super::free_port();
+        let mut child = Command::new(REDIS_BIN)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pmem-redis");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let mut s = RedisServer { child, port, log };
+        let t0 = Instant::now();
+        while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                panic!("server exited with {st}: {:?}", s.log.lock().unwrap());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "server did not start: {:?}",
+                s.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s
+    }
+
+    pub fn client(&self) -> RespClient {
+        RespClient::connect(self.port)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's PID; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "server did not exit: {:?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode(words: &[&[u8]]) -> Vec<u8> {
+    let mut m = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        m.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        m.extend_from_slice(w);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+/// A blocking RESP client.
+pub struct RespClient {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RespClient {
+    pub fn connect(port: u16) -> RespClient {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        RespClient { s, buf: Vec::new() }
+    }
+
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    /// The next reply; None if the server closed the connection first.
+    pub fn try_read(&mut self) -> Option<V> {
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some((v, n)) = decode(&self.buf) {
+                self.buf.drain(..n);
+                return Some(v);
+            }
+            let n = self.s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn read(&mut self) -> V {
+        self.try_read().expect("connection closed")
+    }
+
+    /// Sends a command (words) and reads its reply.
+    pub fn w(&mut self, words: &[&[u8]]) -> V {
+        self.send_raw(&encode(words));
+        self.read()
+    }
+
+    /// Sends a command written as space-separated words.
+    pub fn c(&mut self, cmd: &str) -> V {
+        let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
+        self.w(&words)
+    }
+
+    /// Whether the server closed the connection (reads until EOF, bounded by the timeout).
+    pub fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Runs a tool (redis-cli, redis-benchmark) with a time limit; None if it is not installed
+/// and CI is unset (CI set: a missing tool fails the test). Returns (success, stdout, stderr).
+pub fn run_tool(
+    tool: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> Option<(bool, String, String)> {
+    let spawned = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var_os("CI").is_some() {
+                panic!("{tool} is not installed (redis-tools); required when CI is set");
+            }
+            eprintln!("skipping: {tool} is not installed (apt-get install redis-tools)");
+            return None;
+        }
+        Err(e) => panic!("cannot run {tool}: {e}"),
+    };
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        si.write_all(input).unwrap();
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{tool} {args:?} timed out");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+    Some((status.success(), out, err))
+}
