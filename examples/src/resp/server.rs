@@ -8,6 +8,7 @@
 use super::db::{unix_ms, Db};
 use super::exec::{self, err, Flow, ServerInfo, Session};
 use super::memdb::MemDb;
+use super::pdb::PmemDb;
 use clap::Parser as ClapParser;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -114,11 +115,11 @@ impl Backend {
     pub fn open(&self) -> Result<(Arc<dyn Db>, String), String> {
         match self {
             Backend::Memory => Ok((Arc::new(MemDb::new()), "memory backend (empty)".into())),
-            Backend::Pool { path, .. } => Err(format!(
-                "cannot open {}: the persistent backend is not available in this build; \
-                 use --memory",
-                path.display()
-            )),
+            Backend::Pool { path, size } => {
+                let (db, msg) = PmemDb::open(path, *size)
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                Ok((Arc::new(db), msg))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 use pmem_examples::resp::db::Db;
 use pmem_examples::resp::exec::{self, Flow, ServerInfo, Session};
 use pmem_examples::resp::memdb::MemDb;
+use pmem_examples::resp::pdb::PmemDb;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -23,11 +24,29 @@ pub struct Backend {
 
 /// Every backend the generic tests run against. A new backend is one more line here.
 pub fn backends() -> Vec<Backend> {
-    vec![Backend {
-        name: "memory",
-        make: || Arc::new(MemDb::new()),
-        server_args: &["--memory"],
-    }]
+    vec![
+        Backend {
+            name: "memory",
+            make: || Arc::new(MemDb::new()),
+            server_args: &["--memory"],
+        },
+        Backend {
+            name: "pmem",
+            make: pmem_db,
+            // `RedisServer::launch` adds a fresh `--pool` file
+            server_args: &["--size", "64m"],
+        },
+    ]
+}
+
+/// A persistent keyspace on a new pool file that is unlinked at once (the open pool keeps it
+/// until the keyspace is dropped).
+pub fn pmem_db() -> Arc<dyn Db> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.pool");
+    let (db, _) = PmemDb::open(&path, 32 << 20).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    Arc::new(db)
 }
 
 /// A decoded RESP2 reply.
@@ -183,15 +202,25 @@ pub struct RedisServer {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The directory of the pool file `launch` chose (persistent backend without `--pool`).
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
     /// A server with these options on a free port; waits (bounded) for its "ready" line.
     pub fn launch(args: &[&str]) -> RedisServer {
         let port = super::free_port();
+        let (dir, pool) = if args.contains(&"--memory") || args.contains(&"--pool") {
+            (None, Vec::new())
+        } else {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("redis.pool").display().to_string();
+            (Some(d), vec!["--pool".to_string(), p])
+        };
         let mut child = Command::new(REDIS_BIN)
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
+            .args(&pool)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -205,7 +234,12 @@ impl RedisServer {
                 l2.lock().unwrap().push(line);
             }
         });
-        let mut s = RedisServer { child, port, log };
+        let mut s = RedisServer {
+            child,
+            port,
+            log,
+            dir,
+        };
         let t0 = Instant::now();
         while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
             if let Some(st) = s.child.try_wait().unwrap() {
