@@ -6,27 +6,51 @@ use pmem_examples::resp::exec::{self, Flow, ServerInfo, Session};
 use pmem_examples::resp::memdb::MemDb;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const REDIS_BIN: &str = env!("CARGO_BIN_EXE_pmem-redis");
 
-/// A backend under test.
+/// A backend under test. Both constructors get a fresh scratch directory (for pool files),
+/// which lives as long as the keyspace or server made with it.
 pub struct Backend {
     pub name: &'static str,
     /// An empty keyspace, for exec-level tests.
-    pub make: fn() -> Arc<dyn Db>,
+    pub make: fn(&Path) -> Arc<dyn Db>,
     /// The `pmem-redis` options that select it.
-    pub server_args: &'static [&'static str],
+    pub server_args: fn(&Path) -> Vec<String>,
 }
 
-/// Every backend the generic tests run against. A new backend is one more line here.
+impl Backend {
+    /// An exec-level client on an empty keyspace of this backend.
+    pub fn exec_client(&self) -> ExecClient {
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let db = (self.make)(dir.path());
+        let mut c = ExecClient::new(db);
+        c._dir = Some(dir);
+        c
+    }
+
+    /// A `pmem-redis` process on this backend, with `extra` options.
+    pub fn server(&self, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let mut args = (self.server_args)(dir.path());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut s = RedisServer::launch(&args);
+        s._dir = Some(dir);
+        s
+    }
+}
+
+/// Every backend the generic tests run against. A new backend is one more entry here.
 pub fn backends() -> Vec<Backend> {
     vec![Backend {
         name: "memory",
-        make: || Arc::new(MemDb::new()),
-        server_args: &["--memory"],
+        make: |_| Arc::new(MemDb::new()),
+        server_args: |_| vec!["--memory".into()],
     }]
 }
 
@@ -135,6 +159,8 @@ pub struct ExecClient {
     pub session: Session,
     /// The `now_ms` passed to the commands.
     pub now: u64,
+    /// The backend's scratch directory, if any (removed on drop).
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl ExecClient {
@@ -146,6 +172,7 @@ impl ExecClient {
             info,
             session,
             now: 1_700_000_000_000,
+            _dir: None,
         }
     }
 
@@ -183,6 +210,8 @@ pub struct RedisServer {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The backend's scratch directory, if any (removed after the process is stopped).
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -205,7 +234,12 @@ impl RedisServer {
                 l2.lock().unwrap().push(line);
             }
         });
-        let mut s = RedisServer { child, port, log };
+        let mut s = RedisServer {
+            child,
+            port,
+            log,
+            _dir: None,
+        };
         let t0 = Instant::now();
         while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
             if let Some(st) = s.child.try_wait().unwrap() {
