@@ -1,7 +1,7 @@
 //! Shared by the `resp_*` tests: the backends under test, a RESP reply decoder, an exec-level
 //! client with a controllable clock, a `pmem-redis` process and a blocking TCP client.
 
-use pmem_examples::resp::db::Db;
+use pmem_examples::resp::db::{Db, DbResult, Expiry, SetCond};
 use pmem_examples::resp::exec::{self, Flow, ServerInfo, Session};
 use pmem_examples::resp::memdb::MemDb;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,8 +19,9 @@ pub struct Backend {
     pub name: &'static str,
     /// An empty keyspace, for exec-level tests.
     pub make: fn(&Path) -> Arc<dyn Db>,
-    /// The `pmem-redis` options that select it.
-    pub server_args: fn(&Path) -> Vec<String>,
+    /// The `pmem-redis` options that select it; None for a backend the binary cannot select
+    /// (tested at the exec level only).
+    pub server_args: Option<fn(&Path) -> Vec<String>>,
 }
 
 impl Backend {
@@ -33,25 +34,33 @@ impl Backend {
         c
     }
 
-    /// A `pmem-redis` process on this backend, with `extra` options.
-    pub fn server(&self, extra: &[&str]) -> RedisServer {
+    /// A `pmem-redis` process on this backend, with `extra` options; None for an exec-only
+    /// backend.
+    pub fn server(&self, extra: &[&str]) -> Option<RedisServer> {
         let dir = tempfile::tempdir().expect("scratch directory");
-        let mut args = (self.server_args)(dir.path());
+        let mut args = (self.server_args?)(dir.path());
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut s = RedisServer::launch(&args);
         s._dir = Some(dir);
-        s
+        Some(s)
     }
 }
 
 /// Every backend the generic tests run against. A new backend is one more entry here.
 pub fn backends() -> Vec<Backend> {
-    vec![Backend {
-        name: "memory",
-        make: |_| Arc::new(MemDb::new()),
-        server_args: |_| vec!["--memory".into()],
-    }]
+    vec![
+        Backend {
+            name: "memory",
+            make: |_| Arc::new(MemDb::new()),
+            server_args: Some(|_| vec!["--memory".into()]),
+        },
+        Backend {
+            name: "memory, required methods only",
+            make: |_| Arc::new(RequiredOnly::default()),
+            server_args: None,
+        },
+    ]
 }
 
 /// A decoded RESP2 reply.
@@ -426,4 +435,110 @@ pub fn run_tool(
     let out = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
     let err = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
     Some((status.success(), out, err))
+}
+
+/// A backend that implements only the required methods of [`Db`] (delegating to [`MemDb`]),
+/// so that the exec-level tests also cover the trait's provided methods, which a new backend
+/// may rely on.
+#[derive(Debug, Default)]
+pub struct RequiredOnly(MemDb);
+
+impl Db for RequiredOnly {
+    fn dbsize(&self, now_ms: u64) -> u64 {
+        self.0.dbsize(now_ms)
+    }
+    fn exists(&self, key: &[u8], now_ms: u64) -> bool {
+        self.0.exists(key, now_ms)
+    }
+    fn del(&self, key: &[u8], now_ms: u64) -> DbResult<bool> {
+        self.0.del(key, now_ms)
+    }
+    fn flushall(&self) -> DbResult<()> {
+        self.0.flushall()
+    }
+    fn set_expiry(&self, key: &[u8], at_ms: Option<u64>, now_ms: u64) -> DbResult<bool> {
+        self.0.set_expiry(key, at_ms, now_ms)
+    }
+    fn expiry(&self, key: &[u8], now_ms: u64) -> Option<Option<u64>> {
+        self.0.expiry(key, now_ms)
+    }
+    fn get(&self, key: &[u8], now_ms: u64) -> DbResult<Option<Vec<u8>>> {
+        self.0.get(key, now_ms)
+    }
+    fn set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        cond: SetCond,
+        expiry: Expiry,
+        now_ms: u64,
+    ) -> DbResult<bool> {
+        self.0.set(key, value, cond, expiry, now_ms)
+    }
+    fn mset(&self, pairs: &[(&[u8], &[u8])], now_ms: u64) -> DbResult<()> {
+        self.0.mset(pairs, now_ms)
+    }
+    fn incr_by(&self, key: &[u8], delta: i64, now_ms: u64) -> DbResult<i64> {
+        self.0.incr_by(key, delta, now_ms)
+    }
+    fn push(&self, key: &[u8], values: &[&[u8]], front: bool, now_ms: u64) -> DbResult<u64> {
+        self.0.push(key, values, front, now_ms)
+    }
+    fn pop(&self, key: &[u8], front: bool, count: usize, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.pop(key, front, count, now_ms)
+    }
+    fn lrange(&self, key: &[u8], start: i64, stop: i64, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.lrange(key, start, stop, now_ms)
+    }
+    fn llen(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
+        self.0.llen(key, now_ms)
+    }
+    fn hset(&self, key: &[u8], pairs: &[(&[u8], &[u8])], now_ms: u64) -> DbResult<u64> {
+        self.0.hset(key, pairs, now_ms)
+    }
+    fn hget(&self, key: &[u8], field: &[u8], now_ms: u64) -> DbResult<Option<Vec<u8>>> {
+        self.0.hget(key, field, now_ms)
+    }
+    fn hdel(&self, key: &[u8], fields: &[&[u8]], now_ms: u64) -> DbResult<u64> {
+        self.0.hdel(key, fields, now_ms)
+    }
+    fn hgetall(&self, key: &[u8], now_ms: u64) -> DbResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.hgetall(key, now_ms)
+    }
+    fn sadd(&self, key: &[u8], members: &[&[u8]], now_ms: u64) -> DbResult<u64> {
+        self.0.sadd(key, members, now_ms)
+    }
+    fn srem(&self, key: &[u8], members: &[&[u8]], now_ms: u64) -> DbResult<u64> {
+        self.0.srem(key, members, now_ms)
+    }
+    fn smembers(&self, key: &[u8], now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.smembers(key, now_ms)
+    }
+    fn spop(&self, key: &[u8], count: usize, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.spop(key, count, now_ms)
+    }
+    fn scard(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
+        self.0.scard(key, now_ms)
+    }
+    fn zadd(&self, key: &[u8], pairs: &[(f64, &[u8])], now_ms: u64) -> DbResult<u64> {
+        self.0.zadd(key, pairs, now_ms)
+    }
+    fn zrange(
+        &self,
+        key: &[u8],
+        start: i64,
+        stop: i64,
+        now_ms: u64,
+    ) -> DbResult<Vec<(Vec<u8>, f64)>> {
+        self.0.zrange(key, start, stop, now_ms)
+    }
+    fn zpopmin(&self, key: &[u8], count: usize, now_ms: u64) -> DbResult<Vec<(Vec<u8>, f64)>> {
+        self.0.zpopmin(key, count, now_ms)
+    }
+    fn zcard(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
+        self.0.zcard(key, now_ms)
+    }
+    fn info(&self) -> Vec<(String, String)> {
+        self.0.info()
+    }
 }
