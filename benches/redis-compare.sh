@@ -220,6 +220,8 @@ print("- Everything on 127.0.0.1; data directories on /dev/shm (tmpfs, so `fsync
       "on a real disk `appendfsync always` costs far more)")
 print("- No CPU pinning: servers and redis-benchmark share the machine's CPUs; pmem-redis runs "
       "its worker threads (`--threads`) while redis-server executes commands on one thread")
+print("- On a shared machine single runs of one configuration can differ by tens of percent; "
+      "the medians damp that, but read ratios near 1 as equal")
 for v in variants:
     print(f"- {v}: `{meta['cmd:' + v]}`")
 print()

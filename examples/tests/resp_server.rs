@@ -15,12 +15,7 @@ use std::time::{Duration, Instant};
 fn servers(extra: &[&str]) -> Vec<(&'static str, RedisServer)> {
     backends()
         .into_iter()
-        .map(|b| {
-            (
-                b.name,
-                RedisServer::launch(&[b.server_args, extra].concat()),
-            )
-        })
+        .filter_map(|b| Some((b.name, b.server(extra)?)))
         .collect()
 }
 
@@ -181,7 +176,9 @@ fn clean_shutdown_by_signal_and_command() {
     for b in backends() {
         eprintln!("backend {}", b.name);
         for how in ["SIGTERM", "SIGINT", "SHUTDOWN"] {
-            let mut s = RedisServer::launch(b.server_args);
+            let Some(mut s) = b.server(&[]) else {
+                continue;
+            };
             let mut c = s.client();
             assert_eq!(c.c("SET k v"), V::ok());
             let t0 = Instant::now();

@@ -223,30 +223,36 @@ pub trait Db: Send + Sync + 'static {
         if cond == SetCond::Always && !changed {
             return self.zadd(key, pairs, now_ms);
         }
-        // The last score given for a member wins, as in a plain ZADD.
+        // Pairs apply in order, as in Redis: a member given twice sees its first update.
+        let mut scores: std::collections::HashMap<&[u8], Option<f64>> = Default::default();
         let mut keep: Vec<(f64, &[u8])> = Vec::with_capacity(pairs.len());
         let mut count = 0u64;
-        for (i, &(score, member)) in pairs.iter().enumerate() {
-            if pairs[i + 1..].iter().any(|&(_, m)| m == member) {
-                continue;
-            }
-            let old = self.zscore(key, member, now_ms)?;
+        for &(score, member) in pairs {
+            let old = match scores.get(member) {
+                Some(&s) => s,
+                None => self.zscore(key, member, now_ms)?,
+            };
             let ok = match cond {
                 SetCond::Always => true,
                 SetCond::IfAbsent => old.is_none(),
                 SetCond::IfPresent => old.is_some(),
             };
-            if ok {
-                if changed && old.is_some_and(|o| o != score) {
-                    count += 1;
-                }
-                keep.push((score, member));
+            if !ok {
+                continue;
             }
+            let score = if score == 0.0 { 0.0 } else { score };
+            match old {
+                None => count += 1,
+                Some(o) if changed && o.total_cmp(&score).is_ne() => count += 1,
+                Some(_) => {}
+            }
+            scores.insert(member, Some(score));
+            keep.push((score, member));
         }
-        if keep.is_empty() {
-            return Ok(count);
+        if !keep.is_empty() {
+            self.zadd(key, &keep, now_ms)?;
         }
-        Ok(count + self.zadd(key, &keep, now_ms)?)
+        Ok(count)
     }
 
     /// Number of keys with an expiry (for `INFO keyspace`).

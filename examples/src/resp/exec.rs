@@ -251,12 +251,16 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("zscore", 3),
 ];
 
-/// The command name lower-cased, if it is short enough to be one.
-fn lower_name(name: &[u8]) -> Option<String> {
-    if name.len() > 16 {
-        return None;
-    }
-    std::str::from_utf8(name).ok().map(str::to_ascii_lowercase)
+/// The table entry of a command name (ASCII case-insensitive).
+fn lookup(name: &[u8]) -> Option<(&'static str, i32)> {
+    let mut buf = [0u8; 16];
+    let low = buf.get_mut(..name.len())?;
+    low.copy_from_slice(name);
+    low.make_ascii_lowercase();
+    COMMANDS
+        .iter()
+        .find(|(c, _)| c.as_bytes() == &*low)
+        .copied()
 }
 
 /// `'%s'` of client bytes for an error message: lossy UTF-8, at most `max` bytes.
@@ -320,9 +324,7 @@ pub fn execute(
     let Some(first) = args.first() else {
         return Flow::Continue;
     };
-    let spec = lower_name(first)
-        .and_then(|n| COMMANDS.iter().find(|(c, _)| *c == n).map(|&(c, a)| (c, a)));
-    let Some((name, arity)) = spec else {
+    let Some((name, arity)) = lookup(first) else {
         reply::error(out, &unknown_command(args));
         return Flow::Continue;
     };

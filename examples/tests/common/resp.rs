@@ -1,52 +1,75 @@
 //! Shared by the `resp_*` tests: the backends under test, a RESP reply decoder, an exec-level
 //! client with a controllable clock, a `pmem-redis` process and a blocking TCP client.
 
-use pmem_examples::resp::db::Db;
+use pmem_examples::resp::db::{Db, DbResult, Expiry, SetCond};
 use pmem_examples::resp::exec::{self, Flow, ServerInfo, Session};
 use pmem_examples::resp::memdb::MemDb;
 use pmem_examples::resp::pdb::PmemDb;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const REDIS_BIN: &str = env!("CARGO_BIN_EXE_pmem-redis");
 
-/// A backend under test.
+/// A backend under test. Both constructors get a fresh scratch directory (for pool files),
+/// which lives as long as the keyspace or server made with it.
 pub struct Backend {
     pub name: &'static str,
     /// An empty keyspace, for exec-level tests.
-    pub make: fn() -> Arc<dyn Db>,
-    /// The `pmem-redis` options that select it.
-    pub server_args: &'static [&'static str],
+    pub make: fn(&Path) -> Arc<dyn Db>,
+    /// The `pmem-redis` options that select it; None for a backend the binary cannot select
+    /// (tested at the exec level only).
+    pub server_args: Option<fn(&Path) -> Vec<String>>,
 }
 
-/// Every backend the generic tests run against. A new backend is one more line here.
+impl Backend {
+    /// An exec-level client on an empty keyspace of this backend.
+    pub fn exec_client(&self) -> ExecClient {
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let db = (self.make)(dir.path());
+        let mut c = ExecClient::new(db);
+        c._dir = Some(dir);
+        c
+    }
+
+    /// A `pmem-redis` process on this backend, with `extra` options; None for an exec-only
+    /// backend.
+    pub fn server(&self, extra: &[&str]) -> Option<RedisServer> {
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let mut args = (self.server_args?)(dir.path());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut s = RedisServer::launch(&args);
+        s._dir = Some(dir);
+        Some(s)
+    }
+}
+
+/// Every backend the generic tests run against. A new backend is one more entry here.
 pub fn backends() -> Vec<Backend> {
     vec![
         Backend {
             name: "memory",
-            make: || Arc::new(MemDb::new()),
-            server_args: &["--memory"],
+            make: |_| Arc::new(MemDb::new()),
+            server_args: Some(|_| vec!["--memory".into()]),
+        },
+        Backend {
+            name: "memory, required methods only",
+            make: |_| Arc::new(RequiredOnly::default()),
+            server_args: None,
         },
         Backend {
             name: "pmem",
-            make: pmem_db,
-            // `RedisServer::launch` adds a fresh `--pool` file
-            server_args: &["--size", "64m"],
+            make: |dir| Arc::new(PmemDb::open(&dir.join("t.pool"), 32 << 20).unwrap().0),
+            server_args: Some(|dir| {
+                let pool = dir.join("redis.pool").display().to_string();
+                vec!["--pool".into(), pool, "--size".into(), "64m".into()]
+            }),
         },
     ]
-}
-
-/// A persistent keyspace on a new pool file that is unlinked at once (the open pool keeps it
-/// until the keyspace is dropped).
-pub fn pmem_db() -> Arc<dyn Db> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.pool");
-    let (db, _) = PmemDb::open(&path, 32 << 20).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    Arc::new(db)
 }
 
 /// A decoded RESP2 reply.
@@ -154,6 +177,8 @@ pub struct ExecClient {
     pub session: Session,
     /// The `now_ms` passed to the commands.
     pub now: u64,
+    /// The backend's scratch directory, if any (removed on drop).
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl ExecClient {
@@ -165,6 +190,7 @@ impl ExecClient {
             info,
             session,
             now: 1_700_000_000_000,
+            _dir: None,
         }
     }
 
@@ -202,25 +228,17 @@ pub struct RedisServer {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
-    /// The directory of the pool file `launch` chose (persistent backend without `--pool`).
-    pub dir: Option<tempfile::TempDir>,
+    /// The backend's scratch directory, if any (removed after the process is stopped).
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
     /// A server with these options on a free port; waits (bounded) for its "ready" line.
     pub fn launch(args: &[&str]) -> RedisServer {
         let port = super::free_port();
-        let (dir, pool) = if args.contains(&"--memory") || args.contains(&"--pool") {
-            (None, Vec::new())
-        } else {
-            let d = tempfile::tempdir().unwrap();
-            let p = d.path().join("redis.pool").display().to_string();
-            (Some(d), vec!["--pool".to_string(), p])
-        };
         let mut child = Command::new(REDIS_BIN)
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
-            .args(&pool)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -238,7 +256,7 @@ impl RedisServer {
             child,
             port,
             log,
-            dir,
+            _dir: None,
         };
         let t0 = Instant::now();
         while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
@@ -426,4 +444,110 @@ pub fn run_tool(
     let out = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
     let err = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
     Some((status.success(), out, err))
+}
+
+/// A backend that implements only the required methods of [`Db`] (delegating to [`MemDb`]),
+/// so that the exec-level tests also cover the trait's provided methods, which a new backend
+/// may rely on.
+#[derive(Debug, Default)]
+pub struct RequiredOnly(MemDb);
+
+impl Db for RequiredOnly {
+    fn dbsize(&self, now_ms: u64) -> u64 {
+        self.0.dbsize(now_ms)
+    }
+    fn exists(&self, key: &[u8], now_ms: u64) -> bool {
+        self.0.exists(key, now_ms)
+    }
+    fn del(&self, key: &[u8], now_ms: u64) -> DbResult<bool> {
+        self.0.del(key, now_ms)
+    }
+    fn flushall(&self) -> DbResult<()> {
+        self.0.flushall()
+    }
+    fn set_expiry(&self, key: &[u8], at_ms: Option<u64>, now_ms: u64) -> DbResult<bool> {
+        self.0.set_expiry(key, at_ms, now_ms)
+    }
+    fn expiry(&self, key: &[u8], now_ms: u64) -> Option<Option<u64>> {
+        self.0.expiry(key, now_ms)
+    }
+    fn get(&self, key: &[u8], now_ms: u64) -> DbResult<Option<Vec<u8>>> {
+        self.0.get(key, now_ms)
+    }
+    fn set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        cond: SetCond,
+        expiry: Expiry,
+        now_ms: u64,
+    ) -> DbResult<bool> {
+        self.0.set(key, value, cond, expiry, now_ms)
+    }
+    fn mset(&self, pairs: &[(&[u8], &[u8])], now_ms: u64) -> DbResult<()> {
+        self.0.mset(pairs, now_ms)
+    }
+    fn incr_by(&self, key: &[u8], delta: i64, now_ms: u64) -> DbResult<i64> {
+        self.0.incr_by(key, delta, now_ms)
+    }
+    fn push(&self, key: &[u8], values: &[&[u8]], front: bool, now_ms: u64) -> DbResult<u64> {
+        self.0.push(key, values, front, now_ms)
+    }
+    fn pop(&self, key: &[u8], front: bool, count: usize, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.pop(key, front, count, now_ms)
+    }
+    fn lrange(&self, key: &[u8], start: i64, stop: i64, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.lrange(key, start, stop, now_ms)
+    }
+    fn llen(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
+        self.0.llen(key, now_ms)
+    }
+    fn hset(&self, key: &[u8], pairs: &[(&[u8], &[u8])], now_ms: u64) -> DbResult<u64> {
+        self.0.hset(key, pairs, now_ms)
+    }
+    fn hget(&self, key: &[u8], field: &[u8], now_ms: u64) -> DbResult<Option<Vec<u8>>> {
+        self.0.hget(key, field, now_ms)
+    }
+    fn hdel(&self, key: &[u8], fields: &[&[u8]], now_ms: u64) -> DbResult<u64> {
+        self.0.hdel(key, fields, now_ms)
+    }
+    fn hgetall(&self, key: &[u8], now_ms: u64) -> DbResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.hgetall(key, now_ms)
+    }
+    fn sadd(&self, key: &[u8], members: &[&[u8]], now_ms: u64) -> DbResult<u64> {
+        self.0.sadd(key, members, now_ms)
+    }
+    fn srem(&self, key: &[u8], members: &[&[u8]], now_ms: u64) -> DbResult<u64> {
+        self.0.srem(key, members, now_ms)
+    }
+    fn smembers(&self, key: &[u8], now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.smembers(key, now_ms)
+    }
+    fn spop(&self, key: &[u8], count: usize, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+        self.0.spop(key, count, now_ms)
+    }
+    fn scard(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
+        self.0.scard(key, now_ms)
+    }
+    fn zadd(&self, key: &[u8], pairs: &[(f64, &[u8])], now_ms: u64) -> DbResult<u64> {
+        self.0.zadd(key, pairs, now_ms)
+    }
+    fn zrange(
+        &self,
+        key: &[u8],
+        start: i64,
+        stop: i64,
+        now_ms: u64,
+    ) -> DbResult<Vec<(Vec<u8>, f64)>> {
+        self.0.zrange(key, start, stop, now_ms)
+    }
+    fn zpopmin(&self, key: &[u8], count: usize, now_ms: u64) -> DbResult<Vec<(Vec<u8>, f64)>> {
+        self.0.zpopmin(key, count, now_ms)
+    }
+    fn zcard(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
+        self.0.zcard(key, now_ms)
+    }
+    fn info(&self) -> Vec<(String, String)> {
+        self.0.info()
+    }
 }
