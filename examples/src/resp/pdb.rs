@@ -255,12 +255,7 @@ fn purge<P: Persist + 'static>(tx: &Tx<'_, P>, r: &mut DbRoot, key: &[u8], now_m
 }
 
 /// Changes the expiry of the existing entry of `key` (index included).
-fn set_expire<P: Persist + 'static>(
-    tx: &Tx<'_, P>,
-    r: &mut DbRoot,
-    key: &[u8],
-    at: u64,
-) -> R<()> {
+fn set_expire<P: Persist + 'static>(tx: &Tx<'_, P>, r: &mut DbRoot, key: &[u8], at: u64) -> R<()> {
     let Some(e) = r.keys.get_mut(tx, key)? else {
         return Ok(());
     };
@@ -543,7 +538,11 @@ impl<P: Persist + 'static> PmemDb<P> {
             purge(tx, r, key, now_ms)?;
             let (exists, old, old_exp) = match r.keys.get(tx, key)? {
                 Some(e) if e.kind == K_STR => {
-                    let old = if want_old { Some(bytes_of(tx, &e.s)?) } else { None };
+                    let old = if want_old {
+                        Some(bytes_of(tx, &e.s)?)
+                    } else {
+                        None
+                    };
                     (true, old, e.expire_at)
                 }
                 Some(_) if want_old => return Err(DbError::WrongType.into()),
@@ -561,7 +560,12 @@ impl<P: Persist + 'static> PmemDb<P> {
                     Expiry::Clear => 0,
                     Expiry::At(ms) => ms.max(1),
                 };
-                store_string(tx, r, key, value, at)?;
+                if at != 0 && at <= now_ms {
+                    // stored and expired at once: nothing to keep (Redis deletes the key)
+                    delete(tx, r, key)?;
+                } else {
+                    store_string(tx, r, key, value, at)?;
+                }
             }
             Ok((ok, old))
         })
@@ -628,7 +632,14 @@ impl<P: Persist + 'static> Db for PmemDb<P> {
             if r.keys.get(tx, key)?.is_none() {
                 return Ok(false);
             }
-            set_expire(tx, r, key, at_ms.unwrap_or(0).max(u64::from(at_ms.is_some())))?;
+            match at_ms {
+                // a time already past deletes the key at once, as Redis does
+                Some(at) if at <= now_ms => {
+                    delete(tx, r, key)?;
+                }
+                Some(at) => set_expire(tx, r, key, at)?,
+                None => set_expire(tx, r, key, 0)?,
+            }
             Ok(true)
         })
     }
@@ -1033,8 +1044,7 @@ impl<P: Persist + 'static> Db for PmemDb<P> {
                 let key = match r.expires.first(tx)? {
                     Some((k, _)) => {
                         let b = k.as_bytes(tx)?;
-                        if b.len() < 8
-                            || u64::from_be_bytes(b[..8].try_into().expect("8")) > now_ms
+                        if b.len() < 8 || u64::from_be_bytes(b[..8].try_into().expect("8")) > now_ms
                         {
                             break;
                         }
