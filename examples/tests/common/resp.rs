@@ -364,6 +364,12 @@ impl RespClient {
         self.read()
     }
 
+    /// Sends a command and reads its reply; None if the connection broke (server killed).
+    pub fn try_w(&mut self, words: &[&[u8]]) -> Option<V> {
+        self.s.write_all(&encode(words)).ok()?;
+        self.try_read()
+    }
+
     /// Sends a command written as space-separated words.
     pub fn c(&mut self, cmd: &str) -> V {
         let words: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
