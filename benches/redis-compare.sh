@@ -10,7 +10,7 @@
 # Settings (environment): N (requests per test, 10000), CLIENTS (connections, 8), PIPELINE (1),
 # ROUNDS (rounds; the report shows the median, 3), TESTS (redis-benchmark -t list), THREADS
 # (pmem-redis worker threads, 2), PMEM_REDIS_ARGS (the backend options of pmem-redis; default
-# --memory, the DRAM reference backend), PORT_BASE (first of 3 loopback ports, 23611),
+# --pool @DIR@/pmem-redis.pool --size 1g, the persistent backend; --memory for the DRAM one), PORT_BASE (first of 3 loopback ports, 23611),
 # OUT (the report).
 #
 # Needs redis-server, redis-benchmark, redis-cli (Debian redis) and python3. Everything listens
@@ -25,7 +25,7 @@ PIPELINE=${PIPELINE:-1}
 ROUNDS=${ROUNDS:-3}
 TESTS=${TESTS:-ping,set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,zpopmin,lrange,mset}
 THREADS=${THREADS:-2}
-PMEM_REDIS_ARGS=${PMEM_REDIS_ARGS:---memory}
+PMEM_REDIS_ARGS=${PMEM_REDIS_ARGS:---pool @DIR@/pmem-redis.pool --size 1g}
 PORT_BASE=${PORT_BASE:-23611}
 OUT=${OUT:-docs/benchmarks/redis.md}
 
