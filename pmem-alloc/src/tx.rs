@@ -882,8 +882,11 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     /// Contract (a crash-consistency contract, not a memory-safety one): after an abort or a
     /// crash before the commit point, the range may hold the new bytes, the old ones or any
     /// mix of them (the writes are not undone), so nothing reachable after a rollback may
-    /// depend on its contents. Writing memory that an existing reference borrows is, as
-    /// always, undefined behaviour; the raw writes are the caller's `unsafe` code.
+    /// depend on its contents. Do not write [`PPtr`] words there unless they survive in any
+    /// case: a pointer left behind by an abort or a crash would make the recovery scan keep
+    /// the block it names (a leak, not a loss). Writing memory that an existing reference
+    /// borrows is, as always, undefined behaviour; the raw writes are the caller's `unsafe`
+    /// code.
     ///
     /// Fails with [`TxError::InvalidPointer`] for ranges outside the heap (as
     /// [`Tx::snapshot`]).

@@ -270,9 +270,9 @@ impl PBytes {
             if at < len {
                 tx.snapshot(base.byte_add(at as u64), len.min(new_len) - at)?;
             }
-            let fresh_from = at.max(len);
-            if new_len > fresh_from {
-                tx.mark_dirty(base.byte_add(fresh_from as u64), new_len - fresh_from)?;
+            // everything beyond the old length (the zero padding included) is new
+            if new_len > len {
+                tx.mark_dirty(base.byte_add(len as u64), new_len - len)?;
             }
             if new_len != len {
                 tx.snapshot(self.block, 8)?;
