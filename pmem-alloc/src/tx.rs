@@ -205,6 +205,10 @@ struct LaneVol {
     /// Ranges written without an undo entry ([`Tx::mark_dirty`]): (pool offset, length),
     /// flushed at commit.
     dirty: Vec<(usize, usize)>,
+    /// Ranges that held live data when the transaction began and that it released (a
+    /// collection's popped slots): writing them later in the transaction needs an undo entry
+    /// after all ([`Tx::prepare_unused`]).
+    vacated: Vec<(usize, usize)>,
     /// Staging buffer for the entries of one snapshot call.
     stage: Vec<u8>,
     /// Ranges registered in the pool's borrow table.
@@ -473,6 +477,7 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             allocs: Vec::new(),
             frees: Vec::new(),
             dirty: Vec::new(),
+            vacated: Vec::new(),
             stage: Vec::new(),
             borrows: 0,
             poisoned: false,
@@ -937,6 +942,43 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         Ok(())
     }
 
+    /// Records that `len` bytes from `p`, live when the transaction began (or possibly so),
+    /// are no longer in use (a popped slot): a later [`Tx::prepare_unused`] of them saves them
+    /// instead of only registering them, since an abort must find their old contents.
+    pub(crate) fn note_vacated(&self, p: PPtr<u8>, len: usize) -> Result<(), TxError> {
+        let off = self.check_range(p, len)?;
+        if len > 0 && !self.covered(self.v(), off, len) {
+            let v = self.v();
+            match v.vacated.last_mut() {
+                Some((o, n)) if *o == off + len => {
+                    *o = off;
+                    *n += len;
+                }
+                Some((o, n)) if *o + *n == off => *n += len,
+                _ => v.vacated.push((off, len)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares `len` bytes from `p` that a collection does not use (beyond its length) to be
+    /// written: [`Tx::mark_dirty`] if they were unused when the transaction began, else (they
+    /// were vacated by this transaction: [`Tx::note_vacated`]) saved as [`Tx::snapshot`] does.
+    pub(crate) fn prepare_unused(&self, p: PPtr<u8>, len: usize) -> Result<(), TxError> {
+        let off = self.check_range(p, len)?;
+        let end = off + len;
+        if self
+            .v()
+            .vacated
+            .iter()
+            .any(|&(o, n)| o < end && off < o + n)
+        {
+            self.save(std::iter::once((off, len)))
+        } else {
+            self.mark_dirty(p, len)
+        }
+    }
+
     /// The address of `len` bytes from `p`, checked as [`Tx::snapshot`] checks (in the heap,
     /// outside the metadata and the lanes). For the collections' raw access.
     pub(crate) fn raw_range(&self, p: PPtr<u8>, len: usize) -> Result<*mut u8, TxError> {
@@ -1237,6 +1279,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         v.allocs.clear();
         v.frees.clear();
         v.dirty.clear();
+        v.vacated.clear();
         v.used = 0;
         v.poisoned = false;
         if v.borrows > 0 {

@@ -125,6 +125,15 @@ impl<T: PFree> PDeque<T> {
         self.len as usize
     }
 
+    /// Elements the buffer holds without growing.
+    ///
+    /// ```
+    /// assert_eq!(pmem_alloc::collections::PDeque::<u64>::new().capacity(), 0);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
     /// Whether the deque is empty.
     ///
     /// ```
@@ -416,10 +425,11 @@ impl<T: PFree> PDeque<T> {
             return Ok(None);
         }
         self.len -= 1;
+        let s = Self::slot(head, len - 1, cap);
         // SAFETY: the back slot, live until the header change above; moved to the caller.
-        Ok(Some(unsafe {
-            p.add(Self::slot(head, len - 1, cap)).read()
-        }))
+        let v = unsafe { p.add(s).read() };
+        scrub(tx, self.buf, p, s, s + 1)?;
+        Ok(Some(v))
     }
 }
 

@@ -360,7 +360,8 @@ pub(crate) fn save_elems<T, P: Persist + 'static>(
 
 /// Prepares elements `from..to` of the buffer at `p`, beyond the length (unused), for writing:
 /// registered for the commit flush without undo, unless `T` may hold pointers (then saved:
-/// see [`PFree::MAY_HOLD_PPTR`]).
+/// see [`PFree::MAY_HOLD_PPTR`]) or the slots were vacated earlier in this transaction (then
+/// saved too: an abort must find the element that was there).
 pub(crate) fn dirty_elems<T: PFree, P: Persist + 'static>(
     tx: &Tx<'_, P>,
     p: PPtr<T>,
@@ -374,7 +375,7 @@ pub(crate) fn dirty_elems<T: PFree, P: Persist + 'static>(
         return save_elems(tx, p, from, to);
     }
     let sz = std::mem::size_of::<T>();
-    tx.mark_dirty(
+    tx.prepare_unused(
         p.cast::<u8>().byte_add((from * sz) as u64),
         (to - from) * sz,
     )
@@ -398,7 +399,8 @@ pub(crate) fn grown(cap: usize, need: usize) -> usize {
     need.max(cap.saturating_mul(2)).max(4)
 }
 
-/// Zeroes elements `from..to` (beyond the length now, their values moved out) if they hold a
+/// Releases elements `from..to` (beyond the length now, their values moved out): records them
+/// as vacated ([`Tx::note_vacated`]), and zeroes them if they hold a
 /// word that looks like a [`PPtr`]: the recovery scan reads every word of a reachable block,
 /// so a stale pointer left in unused capacity would keep the block it names allocated after a
 /// crash (a leak until the slot is overwritten). Words that carry no tag are left alone (no
@@ -433,7 +435,11 @@ pub(crate) fn scrub<T, P: Persist + 'static>(
         // PSafe value.
         unsafe { std::ptr::write_bytes(base.add(from), 0, to - from) };
     }
-    Ok(())
+    // a later write to these slots in this transaction must save them (see `dirty_elems`)
+    tx.note_vacated(
+        buf.cast::<u8>().byte_add((from * sz) as u64),
+        (to - from) * sz,
+    )
 }
 
 /// A pointer to one stored `T` (a node), checked like [`elems`].
