@@ -85,12 +85,12 @@ impl H {
         self.pool = Some(Pool::open_sim(Arc::new(SimMedia::from_image_strict(&img))).unwrap());
     }
 
-    /// Runs `op` on the pool (aborting if asked) and on the model; compares the outputs and
-    /// then the whole state.
+    /// Runs `ops` in one transaction on the pool (aborting if asked) and on the model;
+    /// compares the outputs and then the whole state.
     fn step<O: Debug, M: PartialEq + Debug + Clone>(
         &mut self,
         model: &mut M,
-        op: &O,
+        ops: &[O],
         abort: bool,
         apply: impl Fn(T<'_, '_>, &mut Root, &O) -> Result<String, TxError>,
         apply_model: impl Fn(&mut M, &O) -> String,
@@ -100,7 +100,10 @@ impl H {
         let root = pool.root::<Root>().unwrap();
         let res = pool.transaction(|tx| {
             let r = tx.get_mut(root)?;
-            let out = apply(tx, r, op)?;
+            let mut out = Vec::new();
+            for op in ops {
+                out.push(apply(tx, r, op)?);
+            }
             if abort {
                 Err(TxError::Aborted)
             } else {
@@ -110,14 +113,14 @@ impl H {
         if abort {
             prop_assert_eq!(res, Err(TxError::Aborted));
         } else {
-            let out = res.map_err(|e| TestCaseError::fail(format!("{op:?}: {e}")))?;
-            let want = apply_model(model, op);
-            prop_assert_eq!(out, want, "output of {:?}", op);
+            let out = res.map_err(|e| TestCaseError::fail(format!("{ops:?}: {e}")))?;
+            let want: Vec<String> = ops.iter().map(|op| apply_model(model, op)).collect();
+            prop_assert_eq!(out, want, "output of {:?}", ops);
         }
         let got = pool
             .transaction(|tx| read(tx, tx.get(root)?))
             .map_err(|e| TestCaseError::fail(format!("read: {e}")))?;
-        prop_assert_eq!(&got, model, "state after {:?} (abort {})", op, abort);
+        prop_assert_eq!(&got, model, "state after {:?} (abort {})", ops, abort);
         Ok(())
     }
 
@@ -147,9 +150,9 @@ impl H {
     }
 }
 
-/// Drives a sequence: (op, abort, reopen: 0 none, 1 clean, 2 crash).
+/// Drives a sequence: (ops of one transaction, abort, reopen: 0 none, 1 clean, 2 crash).
 fn drive<O: Debug, M: PartialEq + Debug + Clone + Default>(
-    ops: &[(O, bool, u8)],
+    ops: &[(Vec<O>, bool, u8)],
     apply: impl Fn(T<'_, '_>, &mut Root, &O) -> Result<String, TxError>,
     apply_model: impl Fn(&mut M, &O) -> String,
     read: impl Fn(T<'_, '_>, &Root) -> Result<M, TxError>,
@@ -176,6 +179,15 @@ fn flags() -> impl Strategy<Value = (bool, u8)> {
         prop::bool::weighted(0.15),
         prop_oneof![20 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
     )
+}
+
+/// One operation per transaction mostly, sometimes several (a pop then a push in the same
+/// transaction, then an abort, must restore the popped slot).
+fn batch<O: Debug + Clone>(op: impl Strategy<Value = O> + Clone) -> impl Strategy<Value = Vec<O>> {
+    prop_oneof![
+        4 => op.clone().prop_map(|o| vec![o]),
+        1 => prop::collection::vec(op, 2..5),
+    ]
 }
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -206,7 +218,7 @@ enum VecOp {
     TruncateBytes(usize),
 }
 
-fn vec_op() -> impl Strategy<Value = VecOp> {
+fn vec_op() -> impl Strategy<Value = VecOp> + Clone {
     prop_oneof![
         8 => any::<u64>().prop_map(VecOp::Push),
         2 => Just(VecOp::Pop),
@@ -284,7 +296,7 @@ fn vec_read(tx: T<'_, '_>, r: &Root) -> Result<VecModel, TxError> {
 proptest! {
     #![proptest_config(config())]
     #[test]
-    fn pvec_matches_vec(ops in prop::collection::vec((vec_op(), flags()), 1..120)) {
+    fn pvec_matches_vec(ops in prop::collection::vec((batch(vec_op()), flags()), 1..120)) {
         let ops: Vec<_> = ops.into_iter().map(|(o, (a, r))| (o, a, r)).collect();
         drive(&ops, vec_apply, vec_model, vec_read)?;
     }
@@ -301,7 +313,7 @@ enum BytesOp {
     PushStr(String),
 }
 
-fn bytes_op() -> impl Strategy<Value = BytesOp> {
+fn bytes_op() -> impl Strategy<Value = BytesOp> + Clone {
     prop_oneof![
         4 => bytes(60).prop_map(BytesOp::Append),
         3 => (0..120usize, bytes(30)).prop_map(|(a, b)| BytesOp::SetRange(a, b)),
@@ -366,7 +378,7 @@ fn bytes_read(tx: T<'_, '_>, r: &Root) -> Result<BytesModel, TxError> {
 proptest! {
     #![proptest_config(config())]
     #[test]
-    fn pbytes_matches_vec_u8(ops in prop::collection::vec((bytes_op(), flags()), 1..100)) {
+    fn pbytes_matches_vec_u8(ops in prop::collection::vec((batch(bytes_op()), flags()), 1..100)) {
         let ops: Vec<_> = ops.into_iter().map(|(o, (a, r))| (o, a, r)).collect();
         drive(&ops, bytes_apply, bytes_model, bytes_read)?;
     }
@@ -386,7 +398,7 @@ enum DequeOp {
     Clear,
 }
 
-fn deque_op() -> impl Strategy<Value = DequeOp> {
+fn deque_op() -> impl Strategy<Value = DequeOp> + Clone {
     prop_oneof![
         5 => any::<u64>().prop_map(DequeOp::PushBack),
         5 => any::<u64>().prop_map(DequeOp::PushFront),
@@ -437,7 +449,7 @@ fn deque_read(tx: T<'_, '_>, r: &Root) -> Result<VecDeque<u64>, TxError> {
 proptest! {
     #![proptest_config(config())]
     #[test]
-    fn pdeque_matches_vecdeque(ops in prop::collection::vec((deque_op(), flags()), 1..150)) {
+    fn pdeque_matches_vecdeque(ops in prop::collection::vec((batch(deque_op()), flags()), 1..150)) {
         let ops: Vec<_> = ops.into_iter().map(|(o, (a, r))| (o, a, r)).collect();
         drive(&ops, deque_apply, deque_model, deque_read)?;
     }
@@ -462,7 +474,7 @@ fn key(k: u16) -> Vec<u8> {
     format!("key:{k}").into_bytes()
 }
 
-fn map_op() -> impl Strategy<Value = MapOp> {
+fn map_op() -> impl Strategy<Value = MapOp> + Clone {
     prop_oneof![
         6 => (0..200u16, bytes(24)).prop_map(|(k, v)| MapOp::Insert(k, v)),
         3 => (0..200u16).prop_map(MapOp::Remove),
@@ -586,7 +598,7 @@ fn map_read(tx: T<'_, '_>, r: &Root) -> Result<MapModel, TxError> {
 proptest! {
     #![proptest_config(config())]
     #[test]
-    fn phashmap_matches_hashmap(ops in prop::collection::vec((map_op(), flags()), 1..200)) {
+    fn phashmap_matches_hashmap(ops in prop::collection::vec((batch(map_op()), flags()), 1..200)) {
         let ops: Vec<_> = ops.into_iter().map(|(o, (a, r))| (o, a, r)).collect();
         drive(&ops, map_apply, map_model, map_read)?;
     }
@@ -620,7 +632,7 @@ fn bound() -> impl Strategy<Value = Bound<Vec<u8>>> {
     ]
 }
 
-fn ord_op() -> impl Strategy<Value = OrdOp> {
+fn ord_op() -> impl Strategy<Value = OrdOp> + Clone {
     prop_oneof![
         8 => (okey(), any::<u64>()).prop_map(|(k, v)| OrdOp::Insert(k, v)),
         3 => okey().prop_map(OrdOp::Remove),
@@ -749,7 +761,7 @@ fn ord_read(tx: T<'_, '_>, r: &Root) -> Result<BTreeMap<Vec<u8>, u64>, TxError> 
 proptest! {
     #![proptest_config(config())]
     #[test]
-    fn pordmap_matches_btreemap(ops in prop::collection::vec((ord_op(), flags()), 1..200)) {
+    fn pordmap_matches_btreemap(ops in prop::collection::vec((batch(ord_op()), flags()), 1..200)) {
         let ops: Vec<_> = ops.into_iter().map(|(o, (a, r))| (o, a, r)).collect();
         drive(&ops, ord_apply, ord_model, ord_read)?;
     }

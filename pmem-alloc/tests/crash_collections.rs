@@ -138,14 +138,14 @@ fn op<P: pmem_alloc::Persist + 'static>(
             r.vec.pop(tx)?;
         }
         2 => {
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 r.vec.insert(tx, 0, t)?;
             } else if !r.vec.is_empty() {
                 r.vec.remove(tx, 0)?;
             }
         }
         3 => {
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 if let Some(b) = r.bvec.pop(tx)? {
                     pmem_alloc::collections::PFree::free_in(b, tx)?;
                 }
@@ -155,7 +155,7 @@ fn op<P: pmem_alloc::Persist + 'static>(
             }
         }
         4 => {
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 r.bytes.append(tx, &text(x, 1 + (x % 50) as usize))?;
             } else {
                 let at = (x % 97) as usize;
@@ -195,7 +195,7 @@ fn op<P: pmem_alloc::Persist + 'static>(
         }
         7 => {
             let k = x % 150;
-            if x % 4 == 0 {
+            if x.is_multiple_of(4) {
                 r.imap.remove(tx, &k)?;
             } else {
                 for j in 0..3 {
