@@ -46,7 +46,7 @@ done
 phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem-alloc --locked "${path_tests[@]}"
 # Heavy suites, with their counts printed: crash sweep (>= 10,000 crash images), process kills
 # (200), corruption (10,000 cases).
-phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test crash_tx --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
+phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test crash_tx --test crash_collections --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
 # loom models of the cross-thread structures (the lock source compiled against loom atomics)
 phase loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p pmem-alloc --release --locked --test loom_lock
 # AddressSanitizer over the multi-threaded heap tests (needs a nightly toolchain; skipped, and

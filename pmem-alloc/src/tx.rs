@@ -205,6 +205,10 @@ struct LaneVol {
     /// Ranges written without an undo entry ([`Tx::mark_dirty`]): (pool offset, length),
     /// flushed at commit.
     dirty: Vec<(usize, usize)>,
+    /// Ranges that held live data when the transaction began and that it released (a
+    /// collection's popped slots): writing them later in the transaction needs an undo entry
+    /// after all ([`Tx::prepare_unused`]).
+    vacated: Vec<(usize, usize)>,
     /// Staging buffer for the entries of one snapshot call.
     stage: Vec<u8>,
     /// Ranges registered in the pool's borrow table.
@@ -473,6 +477,7 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             allocs: Vec::new(),
             frees: Vec::new(),
             dirty: Vec::new(),
+            vacated: Vec::new(),
             stage: Vec::new(),
             borrows: 0,
             poisoned: false,
@@ -882,8 +887,11 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     /// Contract (a crash-consistency contract, not a memory-safety one): after an abort or a
     /// crash before the commit point, the range may hold the new bytes, the old ones or any
     /// mix of them (the writes are not undone), so nothing reachable after a rollback may
-    /// depend on its contents. Writing memory that an existing reference borrows is, as
-    /// always, undefined behaviour; the raw writes are the caller's `unsafe` code.
+    /// depend on its contents. Do not write [`PPtr`] words there unless they survive in any
+    /// case: a pointer left behind by an abort or a crash would make the recovery scan keep
+    /// the block it names (a leak, not a loss). Writing memory that an existing reference
+    /// borrows is, as always, undefined behaviour; the raw writes are the caller's `unsafe`
+    /// code.
     ///
     /// Fails with [`TxError::InvalidPointer`] for ranges outside the heap (as
     /// [`Tx::snapshot`]).
@@ -932,6 +940,43 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
             }
         }
         Ok(())
+    }
+
+    /// Records that `len` bytes from `p`, live when the transaction began (or possibly so),
+    /// are no longer in use (a popped slot): a later [`Tx::prepare_unused`] of them saves them
+    /// instead of only registering them, since an abort must find their old contents.
+    pub(crate) fn note_vacated(&self, p: PPtr<u8>, len: usize) -> Result<(), TxError> {
+        let off = self.check_range(p, len)?;
+        if len > 0 && !self.covered(self.v(), off, len) {
+            let v = self.v();
+            match v.vacated.last_mut() {
+                Some((o, n)) if *o == off + len => {
+                    *o = off;
+                    *n += len;
+                }
+                Some((o, n)) if *o + *n == off => *n += len,
+                _ => v.vacated.push((off, len)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares `len` bytes from `p` that a collection does not use (beyond its length) to be
+    /// written: [`Tx::mark_dirty`] if they were unused when the transaction began, else (they
+    /// were vacated by this transaction: [`Tx::note_vacated`]) saved as [`Tx::snapshot`] does.
+    pub(crate) fn prepare_unused(&self, p: PPtr<u8>, len: usize) -> Result<(), TxError> {
+        let off = self.check_range(p, len)?;
+        let end = off + len;
+        if self
+            .v()
+            .vacated
+            .iter()
+            .any(|&(o, n)| o < end && off < o + n)
+        {
+            self.save(std::iter::once((off, len)))
+        } else {
+            self.mark_dirty(p, len)
+        }
     }
 
     /// The address of `len` bytes from `p`, checked as [`Tx::snapshot`] checks (in the heap,
@@ -1234,6 +1279,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         v.allocs.clear();
         v.frees.clear();
         v.dirty.clear();
+        v.vacated.clear();
         v.used = 0;
         v.poisoned = false;
         if v.borrows > 0 {

@@ -699,3 +699,64 @@ fn open_rolls_back_every_lane() {
     }
     p.check().unwrap();
 }
+
+/// `Tx::mark_dirty`: the range is flushed by the commit (durable afterwards) without an undo
+/// entry (a transaction that only marks costs the commit's one fence, no `gen` store), and an
+/// abort leaves it as written (its contract: the old contents must not matter). Ranges outside
+/// the heap are refused.
+#[test]
+fn mark_dirty_flushes_at_commit_without_undo() {
+    let media = Arc::new(SimMedia::new(POOL));
+    let pool = Pool::create_sim(media.clone()).unwrap();
+    let root = pool.root::<Root>().unwrap();
+    pool.transaction(|_| Ok::<_, TxError>(())).unwrap();
+    let slot = |i: u64| root.cast::<u8>().byte_add(8 * i);
+    let write = |tx: &pmem_alloc::Tx<'_, Arc<SimMedia>>, i: u64, v: u64| {
+        let a = tx.pool().get(slot(i).cast::<u64>()).unwrap();
+        // SAFETY: a word of the root inside the pool; no reference to it exists.
+        unsafe { a.write(v) };
+    };
+    let f0 = media.fences();
+    pool.transaction(|tx| {
+        tx.mark_dirty(slot(3), 8)?;
+        write(tx, 3, 77);
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+    assert_eq!(media.fences() - f0, 1, "one fence: the commit's flush");
+    let img = media.durable_image();
+    let off = slot(3).offset() as usize;
+    assert_eq!(
+        u64::from_le_bytes(img[off..off + 8].try_into().unwrap()),
+        77
+    );
+    // an abort restores saved ranges but leaves marked ones as written
+    let _ = pool.transaction(|tx| {
+        tx.snapshot(slot(0), 8)?;
+        write(tx, 0, 5);
+        tx.mark_dirty(slot(4), 8)?;
+        write(tx, 4, 88);
+        Err::<(), _>(TxError::Aborted)
+    });
+    pool.transaction(|tx| {
+        let r = tx.get(root)?;
+        assert_eq!(r.counters[0], 0);
+        assert_eq!(r.counters[3], 77);
+        assert_eq!(r.counters[4], 88);
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+    // outside the heap: refused
+    pool.transaction(|tx| {
+        assert_eq!(
+            tx.mark_dirty(PPtr::<u8>::from_offset(8), 8),
+            Err(TxError::InvalidPointer)
+        );
+        assert_eq!(
+            tx.mark_dirty(PPtr::<u8>::from_offset(POOL as u64 - 4), 8),
+            Err(TxError::InvalidPointer)
+        );
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+}

@@ -270,9 +270,10 @@ impl PBytes {
             if at < len {
                 tx.snapshot(base.byte_add(at as u64), len.min(new_len) - at)?;
             }
-            let fresh_from = at.max(len);
-            if new_len > fresh_from {
-                tx.mark_dirty(base.byte_add(fresh_from as u64), new_len - fresh_from)?;
+            // everything beyond the old length (the zero padding included) is new, unless
+            // a truncate of this transaction released it
+            if new_len > len {
+                tx.prepare_unused(base.byte_add(len as u64), new_len - len)?;
             }
             if new_len != len {
                 tx.snapshot(self.block, 8)?;
@@ -389,6 +390,8 @@ impl PBytes {
         };
         if n < r.len {
             tx.snapshot(self.block, 8)?;
+            let data = self.block.cast::<u8>().byte_add(HEAD as u64);
+            tx.note_vacated(data.byte_add(n as u64), r.len - n)?;
             // SAFETY: the block's header, saved just above.
             unsafe { (*r.head).len = n as u64 };
         }

@@ -1,6 +1,6 @@
 //! [`PDeque`]: a persistent ring buffer.
 
-use super::{alloc_elems, dirty_elems, elems, grown, save_elems, PFree};
+use super::{alloc_elems, dirty_elems, elems, grown, save_elems, scrub, PFree};
 use crate::persist::Persist;
 use crate::pptr::{PPtr, PSafe};
 use crate::tx::{Tx, TxError};
@@ -55,7 +55,7 @@ impl<T: PSafe> std::fmt::Debug for PDeque<T> {
     }
 }
 
-impl<T: PSafe> Default for PDeque<T> {
+impl<T: PFree> Default for PDeque<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -101,7 +101,7 @@ impl<'a, T> Iterator for PDequeIter<'a, T> {
 
 impl<T> ExactSizeIterator for PDequeIter<'_, T> {}
 
-impl<T: PSafe> PDeque<T> {
+impl<T: PFree> PDeque<T> {
     /// An empty deque (no allocation; the same as a zeroed header).
     ///
     /// ```
@@ -123,6 +123,15 @@ impl<T: PSafe> PDeque<T> {
     /// ```
     pub fn len(&self) -> usize {
         self.len as usize
+    }
+
+    /// Elements the buffer holds without growing.
+    ///
+    /// ```
+    /// assert_eq!(pmem_alloc::collections::PDeque::<u64>::new().capacity(), 0);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.cap as usize
     }
 
     /// Whether the deque is empty.
@@ -387,7 +396,9 @@ impl<T: PSafe> PDeque<T> {
         self.head = Self::slot(head, 1, cap) as u64;
         self.len -= 1;
         // SAFETY: the front slot, live until the header change above; moved to the caller.
-        Ok(Some(unsafe { p.add(head).read() }))
+        let v = unsafe { p.add(head).read() };
+        scrub(tx, self.buf, p, head, head + 1)?;
+        Ok(Some(v))
     }
 
     /// Removes and returns the back element (`None` if empty).
@@ -414,10 +425,11 @@ impl<T: PSafe> PDeque<T> {
             return Ok(None);
         }
         self.len -= 1;
+        let s = Self::slot(head, len - 1, cap);
         // SAFETY: the back slot, live until the header change above; moved to the caller.
-        Ok(Some(unsafe {
-            p.add(Self::slot(head, len - 1, cap)).read()
-        }))
+        let v = unsafe { p.add(s).read() };
+        scrub(tx, self.buf, p, s, s + 1)?;
+        Ok(Some(v))
     }
 }
 
@@ -446,6 +458,7 @@ impl<T: PFree> PDeque<T> {
             // SAFETY: a live slot; the length is cut below, so each value is read out once.
             unsafe { p.add(Self::slot(head, i, cap)).read() }.free_in(tx)?;
         }
+        scrub(tx, self.buf, p, 0, cap)?;
         self.len = 0;
         self.head = 0;
         Ok(())

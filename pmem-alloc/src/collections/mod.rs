@@ -130,6 +130,13 @@ use std::cmp::Ordering;
 /// let _v: PVec<Entry> = PVec::new();
 /// ```
 pub trait PFree: PSafe {
+    /// Whether a value may contain [`PPtr`] words (tagged pointers). Collections write such
+    /// values into unused capacity with an undo entry rather than unlogged
+    /// ([`Tx::mark_dirty`]): an unlogged pointer left behind by an abort or a crash would make
+    /// the recovery scan keep the block it names (a leak). `true` unless overridden; the
+    /// plain number types say `false`.
+    const MAY_HOLD_PPTR: bool = true;
+
     /// Frees (at commit) what this value owns.
     fn free_in<P: Persist + 'static>(self, tx: &Tx<'_, P>) -> Result<(), TxError>
     where
@@ -141,7 +148,7 @@ pub trait PFree: PSafe {
 }
 
 macro_rules! pfree_plain {
-    ($($t:ty),*) => { $( impl PFree for $t {} )* };
+    ($($t:ty),*) => { $( impl PFree for $t { const MAY_HOLD_PPTR: bool = false; } )* };
 }
 pfree_plain!(
     u8,
@@ -162,6 +169,7 @@ pfree_plain!(
 );
 impl<T: ?Sized + 'static> PFree for PPtr<T> {}
 impl<T: PFree, const N: usize> PFree for [T; N] {
+    const MAY_HOLD_PPTR: bool = T::MAY_HOLD_PPTR;
     fn free_in<P: Persist + 'static>(self, tx: &Tx<'_, P>) -> Result<(), TxError> {
         for x in self {
             x.free_in(tx)?;
@@ -350,8 +358,11 @@ pub(crate) fn save_elems<T, P: Persist + 'static>(
     )
 }
 
-/// Registers elements `from..to` of the buffer at `p` for the commit flush, without undo.
-pub(crate) fn dirty_elems<T, P: Persist + 'static>(
+/// Prepares elements `from..to` of the buffer at `p`, beyond the length (unused), for writing:
+/// registered for the commit flush without undo, unless `T` may hold pointers (then saved:
+/// see [`PFree::MAY_HOLD_PPTR`]) or the slots were vacated earlier in this transaction (then
+/// saved too: an abort must find the element that was there).
+pub(crate) fn dirty_elems<T: PFree, P: Persist + 'static>(
     tx: &Tx<'_, P>,
     p: PPtr<T>,
     from: usize,
@@ -360,8 +371,11 @@ pub(crate) fn dirty_elems<T, P: Persist + 'static>(
     if from >= to {
         return Ok(());
     }
+    if T::MAY_HOLD_PPTR {
+        return save_elems(tx, p, from, to);
+    }
     let sz = std::mem::size_of::<T>();
-    tx.mark_dirty(
+    tx.prepare_unused(
         p.cast::<u8>().byte_add((from * sz) as u64),
         (to - from) * sz,
     )
@@ -383,6 +397,49 @@ pub(crate) fn alloc_elems<T, P: Persist + 'static>(
 /// The new capacity for a buffer of `cap` that must hold `need`: doubling, at least 4.
 pub(crate) fn grown(cap: usize, need: usize) -> usize {
     need.max(cap.saturating_mul(2)).max(4)
+}
+
+/// Releases elements `from..to` (beyond the length now, their values moved out): records them
+/// as vacated ([`Tx::note_vacated`]), and zeroes them if they hold a
+/// word that looks like a [`PPtr`]: the recovery scan reads every word of a reachable block,
+/// so a stale pointer left in unused capacity would keep the block it names allocated after a
+/// crash (a leak until the slot is overwritten). Words that carry no tag are left alone (no
+/// undo entry, no fence); tagged ones are saved (one fence) and zeroed.
+pub(crate) fn scrub<T, P: Persist + 'static>(
+    tx: &Tx<'_, P>,
+    buf: PPtr<T>,
+    base: *mut T,
+    from: usize,
+    to: usize,
+) -> Result<(), TxError> {
+    if from >= to {
+        return Ok(());
+    }
+    let sz = std::mem::size_of::<T>();
+    let start = base as usize + from * sz;
+    let end = base as usize + to * sz;
+    let mut tagged = false;
+    let mut w = start & !7;
+    while w < end && !tagged {
+        // SAFETY: the words overlapping elements `from..to` of a checked buffer: the buffer is
+        // a 16-byte aligned block whose size is a multiple of 16, so rounding the element range
+        // out to whole words stays inside it (and inside the pool, whose size is a multiple of
+        // the page size). Read as the recovery scan reads it (volatile, whatever it holds).
+        let word = u64::from_le(unsafe { std::ptr::read_volatile(w as *const u64) });
+        tagged = PPtr::<u8>::from_raw(word).raw() == word && word != 0;
+        w += 8;
+    }
+    if tagged {
+        save_elems(tx, buf, from, to)?;
+        // SAFETY: elements `from..to` of the checked buffer, saved above; all-zero is a valid
+        // PSafe value.
+        unsafe { std::ptr::write_bytes(base.add(from), 0, to - from) };
+    }
+    // a later write to these slots in this transaction must save them (see `dirty_elems`)
+    tx.note_vacated(
+        buf.cast::<u8>().byte_add((from * sz) as u64),
+        (to - from) * sz,
+    )
 }
 
 /// A pointer to one stored `T` (a node), checked like [`elems`].

@@ -1,6 +1,6 @@
 //! [`PVec`]: a growable persistent array.
 
-use super::{alloc_elems, dirty_elems, elems, grown, save_elems, PFree};
+use super::{alloc_elems, dirty_elems, elems, grown, save_elems, scrub, PFree};
 use crate::persist::Persist;
 use crate::pptr::{PPtr, PSafe};
 use crate::tx::{Tx, TxError};
@@ -63,7 +63,7 @@ impl<T: PSafe> std::fmt::Debug for PVec<T> {
     }
 }
 
-impl<T: PSafe> Default for PVec<T> {
+impl<T: PFree> Default for PVec<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -75,7 +75,7 @@ impl<T: PFree> PFree for PVec<T> {
     }
 }
 
-impl<T: PSafe> PVec<T> {
+impl<T: PFree> PVec<T> {
     /// An empty vector (no allocation; the same as a zeroed header).
     ///
     /// ```
@@ -331,7 +331,9 @@ impl<T: PSafe> PVec<T> {
         self.len -= 1;
         // SAFETY: slot `len - 1` is inside the checked buffer; it is beyond the length now,
         // so the value moves out to the caller.
-        Ok(Some(unsafe { p.add(len - 1).read() }))
+        let v = unsafe { p.add(len - 1).read() };
+        scrub(tx, self.buf, p, len - 1, len)?;
+        Ok(Some(v))
     }
 
     /// Replaces the element at `i`, returning the old one; [`TxError::OutOfRange`] past the
@@ -399,8 +401,12 @@ impl<T: PSafe> PVec<T> {
         }
         self.reserve(tx, 1)?;
         let (p, len, _) = self.raw(tx)?;
-        save_elems(tx, self.buf, i, len)?;
-        dirty_elems(tx, self.buf, len, len + 1)?;
+        if T::MAY_HOLD_PPTR {
+            save_elems(tx, self.buf, i, len + 1)?;
+        } else {
+            save_elems(tx, self.buf, i, len)?;
+            dirty_elems(tx, self.buf, len, len + 1)?;
+        }
         // SAFETY: `len < cap` after `reserve`; `i..=len` is inside the buffer; the moved range
         // was saved (or lies beyond the length); the header is borrowed mutably.
         unsafe {
@@ -445,6 +451,8 @@ impl<T: PSafe> PVec<T> {
             v
         };
         self.len -= 1;
+        // the last slot still holds a copy of the (moved) last element
+        scrub(tx, self.buf, p, len - 1, len)?;
         Ok(v)
     }
 }
@@ -483,6 +491,7 @@ impl<T: PFree> PVec<T> {
             // vector (the length is cut below), so it is read out exactly once.
             unsafe { p.add(i).read() }.free_in(tx)?;
         }
+        scrub(tx, self.buf, p, n, len)?;
         self.len = n as u64;
         Ok(())
     }
