@@ -3,11 +3,11 @@
 //! one transaction, committed (durable) before the reply is sent.
 //!
 //! # Layout (all in the pool; the collections' own layouts are in docs/format.md)
-//! The pool root is a [`DbRoot`]: a magic word and a version, the keyspace
+//! The pool root is a `DbRoot`: a magic word and a version, the keyspace
 //! `PHashMap<PBytes, Entry>` (key bytes to entry) and the expiry index
 //! `POrdMap<PBytes, ()>`, whose keys are the 8-byte big-endian expiry time followed by the key
 //! (so the index is ordered by time, and the keys due first are its first entries). An
-//! [`Entry`] is 32 bytes: the kind, the expiry (Unix ms, 0 = none), a `PBytes` for a string and
+//! `Entry` is 32 bytes: the kind, the expiry (Unix ms, 0 = none), a `PBytes` for a string and
 //! a pointer to the header block of any other kind:
 //!
 //! | kind | object |
