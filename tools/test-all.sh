@@ -47,6 +47,8 @@ phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem
 # Heavy suites, with their counts printed: crash sweep (>= 10,000 crash images), process kills
 # (200), corruption (10,000 cases).
 phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test crash_tx --test crash_collections --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
+# the RESP keyspace's larger crash sweep (thousands of images over every command kind)
+phase heavy-redis cargo test -p pmem-examples --release --locked --test resp_crash -- --ignored --nocapture
 # loom models of the cross-thread structures (the lock source compiled against loom atomics)
 phase loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p pmem-alloc --release --locked --test loom_lock
 # AddressSanitizer over the multi-threaded heap tests (needs a nightly toolchain; skipped, and
