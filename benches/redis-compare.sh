@@ -11,7 +11,11 @@
 # ROUNDS (rounds; the report shows the median, 3), TESTS (redis-benchmark -t list), THREADS
 # (pmem-redis worker threads, 2), PMEM_REDIS_ARGS (the backend options of pmem-redis; default
 # --pool @DIR@/pmem-redis.pool --size 1g, the persistent backend; --memory for the DRAM one), PORT_BASE (first of 3 loopback ports, 23611),
-# OUT (the report).
+# OUT (the report), AOF_DIR (where the appendfsync-always server keeps its data; default
+# /dev/shm like the others; a directory on a disk makes its fsyncs real), RESTART_KEYS (keys for
+# the restart-time comparison, 1000000; 0 skips it). PMEM_ALLOC_FORCE_PMEM=1 in the environment
+# makes pmem-redis flush with CPU instructions on its tmpfs pool (emulated persistent memory)
+# instead of msync.
 #
 # Needs redis-server, redis-benchmark, redis-cli (Debian redis) and python3. Everything listens
 # on 127.0.0.1 only; data files go to /dev/shm and are removed at the end; every process started
@@ -27,6 +31,8 @@ TESTS=${TESTS:-ping,set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,zpopm
 THREADS=${THREADS:-2}
 PMEM_REDIS_ARGS=${PMEM_REDIS_ARGS:---pool @DIR@/pmem-redis.pool --size 1g}
 PORT_BASE=${PORT_BASE:-23611}
+AOF_DIR=${AOF_DIR:-/dev/shm}
+RESTART_KEYS=${RESTART_KEYS:-1000000}
 OUT=${OUT:-docs/benchmarks/redis.md}
 
 for tool in redis-server redis-benchmark redis-cli python3; do
@@ -43,6 +49,7 @@ bin="$target_dir/release/pmem-redis"
 
 work=$(mktemp -d)
 shm=/dev/shm/redis-compare.$$
+aofd=$AOF_DIR/redis-compare-aof.$$
 declare -A PIDS=()  # every process started here that may still run: pid -> what
 
 log() { echo "redis-compare: $*" >&2; }
@@ -67,7 +74,7 @@ cleanup() {
         if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$shm".*
+    rm -rf "$shm".* "$aofd".*
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -121,6 +128,7 @@ problem() {
 # trial VARIANT ROUND ORDER
 trial() {
     local v=$1 round=$2 port=$((PORT_BASE + $3)) dir="$shm.$3" lg="$work/server-$2-$3.log"
+    [[ $v == "redis-server aof-always" ]] && dir="$aofd.$3"
     local out="$work/bench-$2-$3.csv" berr="$work/bench-$2-$3.err" rc=0 pid n
     rm -rf "$dir" && mkdir -p "$dir"
     server_cmd "$v" "$port" "$dir"
@@ -174,6 +182,86 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
+# ---- restart time with RESTART_KEYS keys: fill through redis-cli --pipe, stop, start again,
+# time until PING answers PONG (Redis answers -LOADING while it replays) and DBSIZE is right.
+restarts=$work/restarts.tsv
+: >"$restarts"
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# wait_ready PORT PID: ms until PING answers PONG (empty on failure)
+wait_ready() {
+    local t0 n=6000
+    t0=$(now_ms)
+    until [[ $(redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null) == PONG ]]; do
+        alive "$2" && ((n-- > 0)) || return 1
+        sleep 0.005
+    done
+    echo $(($(now_ms) - t0))
+}
+# restart_trial NAME STOP(term|kill|save) COMMAND...: fill, stop, restart, record the time
+restart_trial() {
+    local name=$1 how=$2 port=$((PORT_BASE)) pid t keys
+    shift 2
+    "$@" >"$work/restart-$how.log" 2>&1 &
+    pid=$!
+    PIDS[$pid]="$name"
+    if ! wait_ready "$port" "$pid" >/dev/null; then
+        problem "restart test: $name did not start"
+        return
+    fi
+    redis-cli -h 127.0.0.1 -p "$port" --pipe <"$work/fill.resp" >/dev/null 2>"$work/pipe.err" ||
+        problem "restart test: filling $name failed: $(head -2 "$work/pipe.err" | tr '\n' ' ')"
+    keys=$(redis-cli -h 127.0.0.1 -p "$port" DBSIZE)
+    case $how in
+        kill) kill -KILL "$pid" ;;
+        save) redis-cli -h 127.0.0.1 -p "$port" SHUTDOWN SAVE >/dev/null 2>&1 || true ;;
+        *) kill -TERM "$pid" ;;
+    esac
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$pid]"
+    t=$(now_ms)
+    "$@" >>"$work/restart-$how.log" 2>&1 &
+    pid=$!
+    PIDS[$pid]="$name"
+    local waited
+    if ! waited=$(wait_ready "$port" "$pid"); then
+        problem "restart test: $name did not come back"
+        return
+    fi
+    t=$(($(now_ms) - t))
+    local back
+    back=$(redis-cli -h 127.0.0.1 -p "$port" DBSIZE)
+    [[ $back == "$keys" ]] || problem "restart test: $name had $keys keys before and $back after"
+    printf '%s\t%s\t%s\n' "$name" "$keys" "$t" >>"$restarts"
+    log "restart: $name: $keys keys back in $t ms"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$pid]"
+}
+if ((RESTART_KEYS > 0)); then
+    python3 - "$RESTART_KEYS" >"$work/fill.resp" <<'EOF'
+import sys
+n = int(sys.argv[1])
+out = sys.stdout.buffer
+for i in range(n):
+    k = b"key:%09d" % i
+    v = b"value-%09d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
+EOF
+    d="$shm.r"
+    rm -rf "$d" && mkdir -p "$d"
+    server_cmd "pmem-redis" "$PORT_BASE" "$d"
+    restart_trial "pmem-redis, clean restart (SIGTERM)" term "${CMD[@]}"
+    rm -rf "$d" && mkdir -p "$d"
+    restart_trial "pmem-redis, after kill -9" kill "${CMD[@]}"
+    rm -rf "$d" && mkdir -p "$d"
+    server_cmd "redis-server aof-always" "$PORT_BASE" "$d"
+    restart_trial "redis-server, AOF replay (appendfsync always)" term "${CMD[@]}"
+    rm -rf "$d" && mkdir -p "$d"
+    server_cmd "redis-server no-persistence" "$PORT_BASE" "$d"
+    restart_trial "redis-server, RDB load (SHUTDOWN SAVE)" save "${CMD[@]}"
+    rm -rf "$d"
+fi
+
 rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- examples 2>/dev/null || rev+="+modified"
 meta=$work/meta.tsv
@@ -186,6 +274,9 @@ meta=$work/meta.tsv
     printf 'bench\t%s\n' "redis-benchmark -h 127.0.0.1 -p PORT -n $N -c $CLIENTS -P $PIPELINE -t $TESTS --csv"
     printf 'rounds\t%s\n' "$ROUNDS"
     printf 'pmem_args\t%s\n' "$PMEM_REDIS_ARGS"
+    printf 'aof_dir\t%s\n' "$AOF_DIR"
+    printf 'force_pmem\t%s\n' "${PMEM_ALLOC_FORCE_PMEM:-0}"
+    printf 'restarts\t%s\n' "$restarts"
     for v in "${variants[@]}"; do printf 'cmd:%s\t%s\n' "$v" "$(shown_cmd "$v")"; done
     printf 'variants\t%s\n' "$(IFS='|'; echo "${variants[*]}")"
 } >"$meta"
@@ -216,8 +307,20 @@ print(f"- Date: {meta['date']} UTC; CPU: {meta['cpu']} ({meta['nproc']} CPUs, sh
 print(f"- Versions: {meta['versions']}")
 print(f"- Client: `{meta['bench']}`, {meta['rounds']} round(s), variants in rotating order; "
       "the table shows the median ops/s per test")
-print("- Everything on 127.0.0.1; data directories on /dev/shm (tmpfs, so `fsync` is cheap: "
-      "on a real disk `appendfsync always` costs far more)")
+aof_disk = meta["aof_dir"] != "/dev/shm"
+force = meta["force_pmem"] == "1"
+print("- Everything on 127.0.0.1. Data directories on /dev/shm (tmpfs)"
+      + (f", except the appendfsync-always server's, on a disk file system ({meta['aof_dir']}): "
+         "its fsyncs are real" if aof_disk else
+         ": `fsync` costs almost nothing there, so the appendfsync-always server pays little for "
+         "its durability; on a disk it pays far more"))
+if force:
+    print("- pmem-redis ran with `PMEM_ALLOC_FORCE_PMEM=1`: its tmpfs pool is treated as "
+          "persistent memory (cache-line flushes and fences per commit, no msync), which is "
+          "what it costs on a DAX file system; nothing here is actually durable")
+else:
+    print("- pmem-redis' pool is a page-cache file: each commit's flushes are `msync` calls "
+          "(cheap on tmpfs)")
 print("- No CPU pinning: servers and redis-benchmark share the machine's CPUs; pmem-redis runs "
       "its worker threads (`--threads`) while redis-server executes commands on one thread")
 print("- On a shared machine single runs of one configuration can differ by tens of percent; "
@@ -232,10 +335,32 @@ def f(x):
     return "-" if x is None else f"{x:,.0f}"
 def ratio(x, y):
     return "-" if not x or not y else f"{x / y:.2f}"
+ra, rc = [], []
 for t in order:
     xa, xb, xc = (med.get((t, v)) for v in variants)
     print(f"| {t} | {f(xa)} | {f(xb)} | {f(xc)} | {ratio(xa, xb)} | {ratio(xa, xc)} |")
+    if xa and xb and xc:
+        ra.append(xa / xb)
+        rc.append(xa / xc)
 print()
+if ra:
+    ga, gc = statistics.geometric_mean(ra), statistics.geometric_mean(rc)
+    print(f"Geometric mean over the tests: **{ga:.2f}x** {b} (goal >= 2: "
+          f"{'met' if ga >= 2 else 'MISSED'}; worst test {min(ra):.2f}x), "
+          f"**{gc:.2f}x** {c} (goal >= 0.7: {'met' if gc >= 0.7 else 'MISSED'}; worst test "
+          f"{min(rc):.2f}x).\n")
+rs = [l.rstrip("\n").split("\t") for l in open(meta["restarts"]) if l.strip()]
+if rs:
+    print("## Restart time\n")
+    print("Filled with `redis-cli --pipe` (SET of distinct keys, 16-byte values), stopped as "
+          "shown, started again; the time runs from the start of the process until `PING` "
+          "answers `PONG` (Redis answers `-LOADING` while it replays), and `DBSIZE` must then "
+          "give the same count.\n")
+    print("| server, how it stopped | keys | restart ms |")
+    print("|---|---:|---:|")
+    for name, keys, ms in rs:
+        print(f"| {name} | {int(keys):,} | {int(ms):,} |")
+    print()
 probs = open(problems).read().strip()
 if probs:
     print("## Problems\n")

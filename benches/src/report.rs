@@ -40,7 +40,12 @@ memkind's libmemtier): [docs/benchmarks/preload.md](docs/benchmarks/preload.md),
 `benches/preload-compare.sh` (interleaved trials; throughput with trial spread, and server CPU \
 time per request, which is steadier on a loaded machine);\n\
 - transactions against PMDK's `TX_BEGIN`/`TX_ADD` (1, 4 and 16 ranges; fences per \
-transaction): [docs/benchmarks/tx.md](docs/benchmarks/tx.md), `benches/tx-compare.sh`.\n";
+transaction): [docs/benchmarks/tx.md](docs/benchmarks/tx.md), `benches/tx-compare.sh`;\n\
+- the RESP server `pmem-redis` (persistent keyspace, every write durable before the reply) \
+against redis-server 7 with `appendfsync always` and without persistence, with redis-benchmark, \
+and restart times with 1M keys: [docs/benchmarks/redis.md](docs/benchmarks/redis.md) (all on \
+tmpfs) and [docs/benchmarks/redis-pmem.md](docs/benchmarks/redis-pmem.md) (pmem-redis on emulated \
+persistent memory, Redis' log on a disk), `benches/redis-compare.sh`.\n";
 
 /// The targets: `persist` at most 1.05x libpmem's time (8 B .. 64 KiB) and `memcpy_persist`
 /// at least 1.0x its bandwidth (4 KiB .. 4 MiB), on the same flush instruction.
