@@ -194,9 +194,15 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..max)
 }
 
+/// 24 cases per property (each a sequence of up to 200 transactions); `PROPTEST_CASES`
+/// overrides.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     ProptestConfig {
-        cases: 24,
+        cases,
         ..ProptestConfig::default()
     }
 }
