@@ -194,9 +194,15 @@ fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..max)
 }
 
+/// 24 cases per property (each a sequence of up to 200 transactions); `PROPTEST_CASES`
+/// overrides.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     ProptestConfig {
-        cases: 24,
+        cases,
         ..ProptestConfig::default()
     }
 }
@@ -920,6 +926,16 @@ fn corrupt_headers_are_refused() {
             Ok::<_, TxError>(())
         })
         .unwrap();
+    // lengths beyond the capacity are refused
+    let _ = h.pool().transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        // SAFETY: words of the root (repr(C): PVec is buf, len, cap), saved by get_mut.
+        unsafe { (r as *mut Root).cast::<u64>().add(1).write(1000) };
+        assert_eq!(r.vec.as_slice(tx).err(), Some(TxError::Corrupt));
+        assert_eq!(r.vec.get(tx, 0).err(), Some(TxError::Corrupt));
+        assert_eq!(r.vec.push(tx, 1).err(), Some(TxError::Corrupt));
+        Err::<(), _>(TxError::Aborted)
+    });
     let size = h.pool().size() as u64;
     // overwrite each header's words with hostile values and try every reader
     let words = std::mem::size_of::<Root>() / 8;
@@ -951,5 +967,85 @@ fn corrupt_headers_are_refused() {
             });
         }
     }
+    h.finish().unwrap();
+}
+
+/// Fence counts of the common operations (the costs the documentation states): a push of a
+/// pointer-free element within capacity saves only the header (the slot is flushed at commit
+/// without an undo entry); a push of a byte string also saves its slot; a new key in a hash
+/// map (no resize running) saves the header and one bucket word; an ordered-map insert saves
+/// the header and the search path in one call; a read-only transaction has no fence.
+#[test]
+fn fence_counts() {
+    let h = H::new();
+    let pool = h.pool();
+    let media = pool.persister().clone();
+    let root = pool.root::<Root>().unwrap();
+    pool.transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        r.vec.reserve(tx, 8)?;
+        r.bvec.reserve(tx, 8)?;
+        r.imap.insert(tx, &0, 0)?;
+        r.omap.insert(tx, b"m", 0)?;
+        r.omap.insert(tx, b"c", 0)?;
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+    let fences = |f: &dyn Fn(T<'_, '_>, &mut Root) -> Result<(), TxError>| {
+        let before = media.fences();
+        pool.transaction(|tx| f(tx, tx.get_mut(root)?)).unwrap();
+        media.fences() - before
+    };
+    // header snapshot + commit (flush, gen)
+    assert_eq!(fences(&|tx, r| r.vec.push(tx, 1)), 3);
+    assert_eq!(fences(&|tx, r| r.vec.pop(tx).map(drop)), 3);
+    // + the slot of a pointer-holding element
+    assert_eq!(
+        fences(&|tx, r| {
+            let s = PBytes::new(tx, b"x")?;
+            r.bvec.push(tx, s)
+        }),
+        4
+    );
+    // + one bucket word
+    assert_eq!(fences(&|tx, r| r.imap.insert(tx, &1, 1).map(drop)), 4);
+    // + the path, in one snapshot_many
+    assert_eq!(fences(&|tx, r| r.omap.insert(tx, b"q", 1).map(drop)), 4);
+    // reads only
+    let before = media.fences();
+    pool.transaction(|tx| {
+        let r = tx.get(root)?;
+        assert_eq!(r.imap.get(tx, &1)?, Some(&1));
+        assert_eq!(r.vec.len(), 0);
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
+    assert_eq!(media.fences(), before);
+    h.finish().unwrap();
+}
+
+/// A collection borrowed mutably in one thread's transaction cannot be borrowed in another
+/// thread's: the header is the unit of isolation.
+#[test]
+fn concurrent_transactions_are_isolated_per_header() {
+    let h = H::new();
+    let pool = h.pool();
+    let root = pool.root::<Root>().unwrap();
+    pool.transaction(|tx| {
+        let r = tx.get_mut(root)?;
+        r.vec.push(tx, 1)?;
+        std::thread::scope(|s| {
+            let other = s
+                .spawn(|| {
+                    pool.transaction(|tx| tx.get(root).map(|r| r.vec.len()))
+                        .err()
+                })
+                .join()
+                .unwrap();
+            assert_eq!(other, Some(TxError::Borrowed));
+        });
+        Ok::<_, TxError>(())
+    })
+    .unwrap();
     h.finish().unwrap();
 }

@@ -266,17 +266,22 @@ impl PBytes {
         } else {
             let r = old.ok_or(TxError::Corrupt)?;
             let base = self.block.cast::<u8>().byte_add(HEAD as u64);
-            // bytes below the old length keep an undo entry; beyond it, a flush suffices
+            // bytes below the old length keep an undo entry, and so does the length word (one
+            // fence for both)
+            let mut save: [(PPtr<u8>, usize); 2] = [(PPtr::null(), 0); 2];
             if at < len {
-                tx.snapshot(base.byte_add(at as u64), len.min(new_len) - at)?;
-            }
-            // everything beyond the old length (the zero padding included) is new, unless
-            // a truncate of this transaction released it
-            if new_len > len {
-                tx.prepare_unused(base.byte_add(len as u64), new_len - len)?;
+                save[0] = (base.byte_add(at as u64), len.min(new_len) - at);
             }
             if new_len != len {
-                tx.snapshot(self.block, 8)?;
+                save[1] = (self.block.cast(), 8);
+            }
+            let n = save.iter().filter(|r| r.1 > 0).count();
+            save.sort_by_key(|r| std::cmp::Reverse(r.1 > 0));
+            tx.snapshot_many(&save[..n])?;
+            // everything beyond the old length (the zero padding included) is new: a flush
+            // suffices, unless a truncate of this transaction released it
+            if new_len > len {
+                tx.prepare_unused(base.byte_add(len as u64), new_len - len)?;
             }
             r
         };

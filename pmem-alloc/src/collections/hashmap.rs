@@ -468,7 +468,7 @@ impl<K: PKey, V: PSafe> PHashMap<K, V> {
         tx.snapshot(t.byte_add((b * 8) as u64), 8)?;
         // SAFETY: the bucket word, saved above.
         unsafe { *arr.add(b) = nd };
-        self.len += 1;
+        self.len = self.len.checked_add(1).ok_or(TxError::Corrupt)?;
         Ok(None)
     }
 

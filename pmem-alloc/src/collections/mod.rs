@@ -37,6 +37,27 @@
 //! consistent lengths, bounded chain walks), and a failed check returns
 //! [`TxError::Corrupt`] instead of reading out of bounds.
 //!
+//! A header moved out of the pool (`std::mem::take` of a borrowed header, say) is a header
+//! like any other: it owns the same blocks, so use it with the same pool and only until they
+//! are freed.
+//!
+//! # Costs
+//! Fences per operation, besides the one that saves the header (the caller's
+//! [`Tx::get_mut`], once per transaction) and the commit's two:
+//!
+//! | operation | fences |
+//! |---|---|
+//! | `PVec::push`, `PDeque::push_*` within capacity, pointer-free element | 0 (the slot is flushed at commit) |
+//! | the same with an element that may hold pointers ([`PFree::MAY_HOLD_PPTR`]) | 1 |
+//! | `pop`, `truncate`, `clear` | 0; 1 if a vacated slot holds a pointer word |
+//! | growth of a `PVec`, `PDeque` or `PBytes` | 0 (a new block; the old one is freed at commit) |
+//! | `set`, `get_mut`, `insert`/`remove` of a `PVec` | 1 |
+//! | `PBytes::append`, `set_range` | 1 |
+//! | `PHashMap::insert` of a new key, `remove` | 1, plus 1 while a resize runs |
+//! | `PHashMap::insert` over an existing key, `get_mut` | 1 |
+//! | `POrdMap::insert`, `remove`, `pop_first`, `pop_last` | 1 (the whole path in one call) |
+//! | every read | 0 |
+//!
 //! # Ownership
 //! Elements are [`PFree`] values: the trait's method frees what an element owns (nothing, for
 //! plain numbers and [`PPtr`]s; the block, for a [`PBytes`]; everything, for a nested

@@ -436,10 +436,10 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
             // SAFETY: a checked node of this map.
             let (c, l) = unsafe { ((*nd).key.cmp_lookup(tx, key)?, (*nd).left) };
             if c != Ordering::Greater {
-                r += size(tx, l)?;
+                r = r.wrapping_add(size(tx, l)?);
             }
             if c == Ordering::Less {
-                r += 1;
+                r = r.wrapping_add(1);
             }
             Ok(c)
         })?;
@@ -512,7 +512,7 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
             let mut i = 0;
             while i < path.len() && (*path[i].1).prio >= prio {
                 let nd = path[i].1;
-                (*nd).size += 1;
+                (*nd).size = (*nd).size.wrapping_add(1);
                 i += 1;
             }
             // split the rest of the path (the search path of `key` in that subtree)
@@ -532,11 +532,15 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
             *lslot = PPtr::null();
             *rslot = PPtr::null();
             for &(_, nd, _) in path[i..].iter().rev() {
-                (*nd).size = 1 + size(tx, (*nd).left)? + size(tx, (*nd).right)?;
+                (*nd).size = size(tx, (*nd).left)?
+                    .wrapping_add(size(tx, (*nd).right)?)
+                    .wrapping_add(1);
             }
             (*nn).left = l_root;
             (*nn).right = r_root;
-            (*nn).size = 1 + size(tx, l_root)? + size(tx, r_root)?;
+            (*nn).size = size(tx, l_root)?
+                .wrapping_add(size(tx, r_root)?)
+                .wrapping_add(1);
             match i {
                 0 => self.root = new,
                 _ => {
@@ -549,7 +553,7 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
                 }
             }
         }
-        self.len += 1;
+        self.len = self.len.checked_add(1).ok_or(TxError::Corrupt)?;
         Ok(None)
     }
 
@@ -593,7 +597,7 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
         // all checked and saved above; the header is borrowed mutably.
         unsafe {
             for &(_, nd, _) in above {
-                (*nd).size -= 1;
+                (*nd).size = (*nd).size.wrapping_sub(1);
             }
             let mut res: Link<K, V> = PPtr::null();
             let mut slot: *mut Link<K, V> = &mut res;
@@ -615,7 +619,9 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
             }
             *slot = if a.is_null() { b } else { a };
             for &nd in stack.iter().rev() {
-                (*nd).size = 1 + size(tx, (*nd).left)? + size(tx, (*nd).right)?;
+                (*nd).size = size(tx, (*nd).left)?
+                    .wrapping_add(size(tx, (*nd).right)?)
+                    .wrapping_add(1);
             }
             match above.last() {
                 None => self.root = res,
