@@ -109,7 +109,9 @@ server_cmd() {
 
 # The command as printed in the report (no path of this machine).
 shown_cmd() {
-    server_cmd "$1" PORT /dev/shm/DIR
+    local d=/dev/shm/DIR
+    [[ $1 == "redis-server aof-always" ]] && d=$AOF_DIR/DIR
+    server_cmd "$1" PORT "$d"
     CMD[0]=${CMD[0]/#$bin/target/release/pmem-redis}
     local shown
     shown=$(printf '%q ' "${CMD[@]}")
