@@ -191,6 +191,22 @@ pub trait Db: Send + Sync + 'static {
         probes.into_iter().find(|(_, r)| r.is_ok()).map(|(t, _)| t)
     }
 
+    /// `LRANGE` written into `out` as its RESP reply (an array of bulk strings); on error
+    /// nothing is written. Backends override it to encode from their own storage without a
+    /// buffer per element.
+    fn lrange_reply(
+        &self,
+        key: &[u8],
+        start: i64,
+        stop: i64,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> DbResult<()> {
+        let items = self.lrange(key, start, stop, now_ms)?;
+        super::proto::reply::bulks(out, &items);
+        Ok(())
+    }
+
     /// Number of fields of a hash (0 if absent).
     fn hlen(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
         Ok(self.hgetall(key, now_ms)?.len() as u64)

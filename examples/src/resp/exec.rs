@@ -523,7 +523,7 @@ fn run(
         }
         "lrange" => {
             let (s, e) = (int_arg(a[2])?, int_arg(a[3])?);
-            reply::bulks(out, &db.lrange(a[1], s, e, now)?);
+            db.lrange_reply(a[1], s, e, now, out)?;
         }
         "llen" => reply::int(out, db.llen(a[1], now)? as i64),
         "hset" | "hmset" => {

@@ -763,6 +763,34 @@ impl<P: Persist + 'static> Db for PmemDb<P> {
         })
     }
 
+    fn lrange_reply(
+        &self,
+        key: &[u8],
+        start: i64,
+        stop: i64,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> DbResult<()> {
+        let mark = out.len();
+        let r = self.read(|tx, r| {
+            let Some(e) = live_of(tx, r, key, K_LIST, now_ms)? else {
+                super::proto::reply::array(out, 0);
+                return Ok(());
+            };
+            let l = tx.get(e.obj.cast::<List>())?;
+            let range = super::db::resolve_range(start, stop, l.len());
+            super::proto::reply::array(out, range.len());
+            for b in l.range(tx, range)? {
+                super::proto::reply::bulk(out, b.as_bytes(tx)?);
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            out.truncate(mark);
+        }
+        r
+    }
+
     fn llen(&self, key: &[u8], now_ms: u64) -> DbResult<u64> {
         self.read(|tx, r| match live_of(tx, r, key, K_LIST, now_ms)? {
             Some(e) => Ok(tx.get(e.obj.cast::<List>())?.len() as u64),

@@ -360,10 +360,25 @@ pub mod reply {
         out.extend_from_slice(b"\r\n");
     }
 
+    /// The decimal digits of `n` (no allocation: replies write many lengths).
+    fn push_len(out: &mut Vec<u8>, mut n: usize) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&buf[i..]);
+    }
+
     /// `$len` and the bytes.
     pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
         out.push(b'$');
-        out.extend_from_slice(b.len().to_string().as_bytes());
+        push_len(out, b.len());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(b);
         out.extend_from_slice(b"\r\n");
@@ -390,7 +405,7 @@ pub mod reply {
     /// An array header `*n`; the elements follow.
     pub fn array(out: &mut Vec<u8>, n: usize) {
         out.push(b'*');
-        out.extend_from_slice(n.to_string().as_bytes());
+        push_len(out, n);
         out.extend_from_slice(b"\r\n");
     }
 
