@@ -39,11 +39,26 @@ fn memcached_under_the_preload_passes_memccapable() {
         // before it switches user, and stays mapped (and growable through its descriptor).
         cmd.args(["-u", "nobody"]);
     }
+    // the preload's notices (e.g. why it fell back to anonymous memory) go to stderr
+    let errlog = dir.path().join("stderr.log");
+    cmd.stderr(std::fs::File::create(&errlog).unwrap());
     let mut server = Proc(cmd.spawn().unwrap());
     wait_port(port, 10, &mut server);
+    // (bounded wait: the listener may be up a moment before /proc shows every mapping)
+    let t0 = Instant::now();
+    while !maps_show(server.pid(), &heap) && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         maps_show(server.pid(), &heap),
-        "the heap file is not mapped in memcached"
+        "the heap file is not mapped in memcached; its stderr: {:?}; its mappings of the heap \
+         directory: {:?}",
+        std::fs::read_to_string(&errlog).unwrap_or_default(),
+        std::fs::read_to_string(format!("/proc/{}/maps", server.pid()))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(dir.path().to_str().unwrap()))
+            .collect::<Vec<_>>()
     );
     let out = run_bounded(
         Command::new(memccapable).args(["-h", "127.0.0.1", "-p", &port.to_string(), "-a"]),
