@@ -18,41 +18,6 @@ const ITERATIONS: usize = 50;
 const WRITERS: u64 = 3;
 const KEYS_PER_WRITER: u64 = 300;
 
-fn fnv(b: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &x in b {
-        h = (h ^ x as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// `key|version|` + payload + 16 hex digits of checksum.
-fn make_value(key: &str, version: u64, len: usize) -> Vec<u8> {
-    let mut v = format!("{key}|{version}|").into_bytes();
-    v.extend((0..len).map(|i| (version as usize * 7 + i * 31) as u8));
-    let sum = fnv(&v);
-    v.extend_from_slice(format!("{sum:016x}").as_bytes());
-    v
-}
-
-/// Verifies a value; returns its version.
-fn check_value(key: &str, v: &[u8]) -> Result<u64, String> {
-    if v.len() < 16 {
-        return Err(format!("{key}: value too short ({} bytes)", v.len()));
-    }
-    let (body, sum) = v.split_at(v.len() - 16);
-    if format!("{:016x}", fnv(body)).as_bytes() != sum {
-        return Err(format!("{key}: checksum mismatch (torn or mixed value)"));
-    }
-    let s = String::from_utf8_lossy(body);
-    let mut f = s.splitn(3, '|');
-    let (k, ver) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-    if k != key {
-        return Err(format!("{key}: value belongs to key {k}"));
-    }
-    ver.parse().map_err(|_| format!("{key}: bad version"))
-}
-
 #[test]
 fn kill9_loop_keeps_every_acknowledged_write() {
     let d = tempfile::tempdir().unwrap();

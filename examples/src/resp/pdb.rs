@@ -168,6 +168,25 @@ impl From<Fail> for DbError {
 
 type R<T> = Result<T, Fail>;
 
+/// The expiry time of an index key (`None`: shorter than its 8-byte time, i.e. corrupt).
+fn index_time(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(..8)?.try_into().ok()?))
+}
+
+/// The key of the first entry of the expiry index if it is due at `now_ms` (a corrupt entry
+/// is never due).
+fn first_due<P: Persist + 'static>(tx: &Tx<'_, P>, r: &DbRoot, now_ms: u64) -> R<Option<Vec<u8>>> {
+    Ok(match r.expires.first(tx)? {
+        Some((k, _)) => {
+            let b = k.as_bytes(tx)?;
+            index_time(b)
+                .is_some_and(|at| at <= now_ms)
+                .then(|| b[8..].to_vec())
+        }
+        None => None,
+    })
+}
+
 fn index_key(at: u64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&at.to_be_bytes());
@@ -490,38 +509,28 @@ impl<P: Persist + 'static> PmemDb<P> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` in one transaction under the lock, the root borrowed shared (a transaction
-    /// that saves nothing costs no fence).
-    fn read<T>(&self, f: impl FnOnce(&Tx<'_, P>, &DbRoot) -> R<T>) -> DbResult<T> {
+    /// Runs `f` as one transaction on the open pool under the lock.
+    fn transaction<T>(&self, f: impl FnOnce(&Tx<'_, P>, PPtr<DbRoot>) -> R<T>) -> DbResult<T> {
         let g = self.lock();
         let Some(inner) = g.as_ref() else {
             return Err(DbError::Storage("the keyspace is closed".into()));
         };
-        let root = inner.root;
         inner
             .pool
-            .transaction(|tx| {
-                let r = tx.get(root)?;
-                f(tx, r)
-            })
+            .transaction(|tx| f(tx, inner.root))
             .map_err(DbError::from)
     }
 
-    /// Runs `f` as one write transaction under the lock: committed (durable) when it returns
-    /// `Ok`, rolled back when it fails.
+    /// Runs `f` in one transaction, the root borrowed shared (a transaction that saves
+    /// nothing costs no fence).
+    fn read<T>(&self, f: impl FnOnce(&Tx<'_, P>, &DbRoot) -> R<T>) -> DbResult<T> {
+        self.transaction(|tx, root| f(tx, tx.get(root)?))
+    }
+
+    /// Runs `f` as one write transaction: committed (durable) when it returns `Ok`, rolled
+    /// back when it fails.
     fn write<T>(&self, f: impl FnOnce(&Tx<'_, P>, &mut DbRoot) -> R<T>) -> DbResult<T> {
-        let g = self.lock();
-        let Some(inner) = g.as_ref() else {
-            return Err(DbError::Storage("the keyspace is closed".into()));
-        };
-        let root = inner.root;
-        inner
-            .pool
-            .transaction(|tx| {
-                let r = tx.get_mut(root)?;
-                f(tx, r)
-            })
-            .map_err(DbError::from)
+        self.transaction(|tx, root| f(tx, tx.get_mut(root)?))
     }
 
     /// `SET`, and with `want_old` `SET ... GET` (which refuses a key of another kind).
@@ -595,8 +604,7 @@ impl<P: Persist + 'static> Db for PmemDb<P> {
             let mut expired = 0u64;
             for e in r.expires.iter(tx)? {
                 let (k, _) = e?;
-                let at = k.as_bytes(tx)?;
-                if at.len() < 8 || u64::from_be_bytes(at[..8].try_into().expect("8")) > now_ms {
+                if index_time(k.as_bytes(tx)?).is_none_or(|at| at > now_ms) {
                     break;
                 }
                 expired += 1;
@@ -1067,33 +1075,15 @@ impl<P: Persist + 'static> Db for PmemDb<P> {
 
     fn expire_sweep(&self, now_ms: u64, budget: usize) -> u64 {
         // a read first: an idle server's sweeps (ten a second) then write nothing
-        let due = self
-            .read(|tx, r| {
-                Ok(match r.expires.first(tx)? {
-                    Some((k, _)) => {
-                        let b = k.as_bytes(tx)?;
-                        b.len() < 8 || u64::from_be_bytes(b[..8].try_into().expect("8")) <= now_ms
-                    }
-                    None => false,
-                })
-            })
-            .unwrap_or(false);
-        if !due {
+        let due = self.read(|tx, r| Ok(first_due(tx, r, now_ms)?.is_some()));
+        if !due.unwrap_or(false) {
             return 0;
         }
         self.write(|tx, r| {
             let mut n = 0;
             while n < budget as u64 {
-                let key = match r.expires.first(tx)? {
-                    Some((k, _)) => {
-                        let b = k.as_bytes(tx)?;
-                        if b.len() < 8 || u64::from_be_bytes(b[..8].try_into().expect("8")) > now_ms
-                        {
-                            break;
-                        }
-                        b[8..].to_vec()
-                    }
-                    None => break,
+                let Some(key) = first_due(tx, r, now_ms)? else {
+                    break;
                 };
                 delete(tx, r, &key)?;
                 n += 1;

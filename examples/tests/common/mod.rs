@@ -59,18 +59,7 @@ impl Server {
             }
         });
         let mut s = Server { child, port, log };
-        let t0 = Instant::now();
-        while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
-            if let Some(st) = s.child.try_wait().unwrap() {
-                panic!("server exited with {st}: {:?}", s.log.lock().unwrap());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server did not start: {:?}",
-                s.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_ready(&mut s.child, &s.log);
         s
     }
 
@@ -249,5 +238,60 @@ impl Client {
             let k = f.next().unwrap_or_default().to_string();
             m.insert(k, f.next().unwrap_or_default().to_string());
         }
+    }
+}
+
+// ---- checksummed values of the kill -9 loops (memcached and RESP)
+
+/// FNV-1a.
+pub fn fnv(b: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &x in b {
+        h = (h ^ x as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// `key|version|` + payload + 16 hex digits of checksum.
+pub fn make_value(key: &str, version: u64, len: usize) -> Vec<u8> {
+    let mut v = format!("{key}|{version}|").into_bytes();
+    v.extend((0..len).map(|i| (version as usize * 7 + i * 31) as u8));
+    let sum = fnv(&v);
+    v.extend_from_slice(format!("{sum:016x}").as_bytes());
+    v
+}
+
+/// Verifies a value; returns its version.
+pub fn check_value(key: &str, v: &[u8]) -> Result<u64, String> {
+    if v.len() < 16 {
+        return Err(format!("{key}: value too short ({} bytes)", v.len()));
+    }
+    let (body, sum) = v.split_at(v.len() - 16);
+    if format!("{:016x}", fnv(body)).as_bytes() != sum {
+        return Err(format!("{key}: checksum mismatch (torn or mixed value)"));
+    }
+    let s = String::from_utf8_lossy(body);
+    let mut f = s.splitn(3, '|');
+    let (k, ver) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+    if k != key {
+        return Err(format!("{key}: value belongs to key {k}"));
+    }
+    ver.parse().map_err(|_| format!("{key}: bad version"))
+}
+
+/// Waits (bounded, 60 s) for a server's "ready in" log line; panics with its log if it exits
+/// or never gets there.
+pub fn wait_ready(child: &mut Child, log: &Mutex<Vec<String>>) {
+    let t0 = Instant::now();
+    while !log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("server exited with {st}: {:?}", log.lock().unwrap());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "server did not start: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

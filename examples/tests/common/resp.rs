@@ -258,18 +258,7 @@ impl RedisServer {
             log,
             _dir: None,
         };
-        let t0 = Instant::now();
-        while !s.log.lock().unwrap().iter().any(|l| l.contains("ready in")) {
-            if let Some(st) = s.child.try_wait().unwrap() {
-                panic!("server exited with {st}: {:?}", s.log.lock().unwrap());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server did not start: {:?}",
-                s.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        super::wait_ready(&mut s.child, &s.log);
         s
     }
 
