@@ -12,9 +12,22 @@
 //!   (32 bytes per page, in DRAM). It is written to the pool only at a clean close.
 //! - Each thread has a *cache* (per heap) of free blocks per class: allocation pops, free
 //!   pushes, with no lock, no atomic read-modify-write, no flush and no fence. Caches refill
-//!   from and flush to the per-class *bins* (one lock each) in batches; a block freed by another
-//!   thread simply goes to that thread's cache (remote frees need no special path).
+//!   from and flush to the per-class *bins* (one lock each) in batches; a block freed by a
+//!   thread other than the one that took it goes back to the bin in a batch (see "Runs per
+//!   thread and remote frees").
 //! - Large allocations (> 32 KiB) take page extents from the extent allocator (one lock).
+//!
+//! # Runs per thread and remote frees
+//! Every page of a run records (volatile, relaxed atomics) the thread whose cache last took
+//! blocks from it, its *owner*. A cache refill prefers a partial run that it owns, nobody owns
+//! or an exited thread owned (looking at a few at the head of the bin's list) and otherwise
+//! starts a new run, so that live threads do not take blocks from the same run. A free by a
+//! thread that does not own the block's run is *remote*: the block is not pushed onto that
+//! thread's cache (where its next allocation would hand it straight back) but into a small
+//! per-class buffer that goes back to the bin when full. Both keep two threads' blocks out of
+//! one cache line (false sharing: the `cache-scratch` benchmark, where a thread frees an object
+//! allocated next to another thread's live one and then allocates in a loop). The owner is
+//! only a placement hint: a stale one costs a trip through the buffer, never correctness.
 //!
 //! # Durability invariant (see docs/format.md)
 //! At every instant the durable page map of each zone is a valid tiling, and every block handed
@@ -39,7 +52,7 @@ use crate::size_class::{
     self, class_size, run_blocks, run_pages, BITMAP_BYTES_PER_PAGE, MAX_SMALL, NCLASSES, PAGE,
     PAGE_SHIFT,
 };
-use crate::sync::{AtomicU64, AtomicUsize, Locked};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Locked};
 use std::ptr;
 use std::sync::atomic::Ordering;
 use tcache::TCache;
@@ -258,6 +271,9 @@ pub struct HeapCore<P: Persist> {
     meta: AnonRegion,
     bitmaps: AnonRegion,
     tcaches: AnonRegion,
+    /// Per page of a run: the id of the thread whose cache last took blocks from it (0: none).
+    /// A hint (module docs, "Runs per thread and remote frees").
+    owners: AnonRegion,
     touched: [AtomicU64; MAX_THREADS / 64],
     extents: Locked<ExtentState>,
     bins: [Padded<Locked<Bin>>; NCLASSES],
@@ -309,6 +325,7 @@ impl<P: Persist + 'static> HeapCore<P> {
         let meta = AnonRegion::new(max_pages * std::mem::size_of::<PageMeta>())?;
         let bitmaps = AnonRegion::new(max_pages * BITMAP_BYTES_PER_PAGE)?;
         let tcaches = AnonRegion::new(MAX_THREADS * std::mem::size_of::<TCache>())?;
+        let owners = AnonRegion::new(max_pages * std::mem::size_of::<AtomicU32>())?;
         Ok(HeapCore {
             base,
             max_pages,
@@ -316,6 +333,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             meta,
             bitmaps,
             tcaches,
+            owners,
             touched: std::array::from_fn(|_| AtomicU64::new(0)),
             extents: Locked::new(ExtentState {
                 zones: [None; MAX_ZONES],
@@ -395,6 +413,15 @@ impl<P: Persist + 'static> HeapCore<P> {
     fn bitmap_words(&self, page: usize) -> *mut u64 {
         // SAFETY: the reservation holds BM_WORDS words per page for `max_pages` pages.
         unsafe { self.bitmaps.ptr().cast::<u64>().add(page * BM_WORDS) }
+    }
+
+    /// The owner hint of `page` (see the `owners` field).
+    #[inline]
+    fn owner(&self, page: usize) -> &AtomicU32 {
+        debug_assert!(page < self.max_pages);
+        // SAFETY: the reservation holds one word per page for `max_pages` pages; zeroed memory
+        // is a valid AtomicU32 (0: no owner); it is only accessed atomically.
+        unsafe { &*self.owners.ptr().cast::<AtomicU32>().add(page) }
     }
 
     #[inline]
@@ -822,15 +849,16 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     /// Takes up to `want` blocks of class `c` from the bins into `out`, creating runs as needed.
     /// Returns the number taken (0 = out of memory).
-    fn take_blocks(&self, c: usize, out: &mut [*mut u8], want: usize) -> usize {
+    /// `owner` (the taking thread's id, 0 for none) becomes the owner hint of every run taken
+    /// from.
+    fn take_blocks(&self, c: usize, out: &mut [*mut u8], want: usize, owner: u32) -> usize {
         let size = class_size(c);
         let mut got = 0;
         let mut bin = self.bins[c].0.lock();
         while got < want {
-            let r = if bin.partial != NIL {
-                bin.partial as usize
-            } else {
-                match self.alloc_extent(run_pages(c), 1, ExtentKind::Run, c as u8) {
+            let r = match self.pick_partial(&bin, owner) {
+                Some(r) => r,
+                None => match self.alloc_extent(run_pages(c), 1, ExtentKind::Run, c as u8) {
                     Some(r) => {
                         self.init_run(r, c);
                         bin.runs += 1;
@@ -838,13 +866,20 @@ impl<P: Persist + 'static> HeapCore<P> {
                         self.partial_push(&mut bin, r);
                         r
                     }
+                    // out of extents: share a run another thread takes from
+                    None if bin.partial != NIL => bin.partial as usize,
                     None => break,
-                }
+                },
             };
             // SAFETY: `r` is a run head of class `c`; bin lock held.
             let m = unsafe { self.pm(r) };
             if m.nfree as usize == run_blocks(c) {
                 bin.empty_runs -= 1;
+            }
+            if self.owner(r).load(Ordering::Relaxed) != owner {
+                for pg in r..r + run_pages(c) {
+                    self.owner(pg).store(owner, Ordering::Relaxed);
+                }
             }
             let words = self.bitmap_words(r);
             let nwords = (run_blocks(c)).div_ceil(64);
@@ -885,6 +920,30 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
         bin.blocks_out += got as u64;
         got
+    }
+
+    /// The partial run a cache refill of thread `owner` takes from: the first (of a few at the
+    /// head of the list) that no other thread takes from, so that threads do not share runs
+    /// (their blocks would share cache lines, and their frees would be remote); `None` when
+    /// there is none (the caller creates a run, or shares one when out of memory).
+    fn pick_partial(&self, bin: &Bin, owner: u32) -> Option<usize> {
+        const LOOK: usize = 8;
+        let mut r = bin.partial;
+        if owner == 0 {
+            return (r != NIL).then_some(r as usize);
+        }
+        for _ in 0..LOOK {
+            if r == NIL {
+                return None;
+            }
+            let o = self.owner(r as usize).load(Ordering::Relaxed);
+            if o == owner || o == 0 || !tcache::tid_live(o) {
+                return Some(r as usize);
+            }
+            // SAFETY: bin lock held; `r` is in this bin's partial list.
+            r = unsafe { self.pm(r as usize).next };
+        }
+        None
     }
 
     fn init_run(&self, r: usize, c: usize) {
@@ -977,6 +1036,9 @@ impl<P: Persist + 'static> HeapCore<P> {
                     self.partial_push(&mut bin, r);
                 }
                 if m.nfree == nb {
+                    for pg in r..r + run_pages(c) {
+                        self.owner(pg).store(0, Ordering::Relaxed);
+                    }
                     if bin.empty_runs >= 1 {
                         self.partial_remove(&mut bin, r);
                         bin.runs -= 1;
@@ -1008,10 +1070,10 @@ impl<P: Persist + 'static> HeapCore<P> {
             if let Some(p) = tc.pop(c) {
                 return p;
             }
-            return self.refill(tc, c);
+            return self.refill(tc, c, tid);
         }
         let mut one = [ptr::null_mut(); 1];
-        if self.take_blocks(c, &mut one, 1) == 1 {
+        if self.take_blocks(c, &mut one, 1, 0) == 1 {
             one[0]
         } else {
             ptr::null_mut()
@@ -1020,11 +1082,11 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     /// Refills an empty cache with half its capacity.
     #[cold]
-    fn refill(&self, tc: &TCache, c: usize) -> *mut u8 {
+    fn refill(&self, tc: &TCache, c: usize, tid: u32) -> *mut u8 {
         let want = tc.capacity(c) / 2;
         tc.refill_with(c, want, |out| {
             let n = out.len();
-            self.take_blocks(c, out, n)
+            self.take_blocks(c, out, n, tid)
         })
         .unwrap_or(ptr::null_mut())
     }
@@ -1099,22 +1161,35 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
     }
 
+    /// Frees a small block into the calling thread's cache when the thread owns its run, else
+    /// into its remote buffer (module docs, "Runs per thread and remote frees").
     #[inline]
     fn free_class(&self, p: *mut u8, c: usize) {
         let tid = current_tid();
         if let Some(tc) = self.tcache(tid) {
-            if tc.push(c, p) {
+            if self.owner(self.page_of(p)).load(Ordering::Relaxed) == tid && tc.push(c, p) {
                 return;
             }
-            self.free_overflow(tc, c, p);
+            self.free_slow(tc, c, p, tid);
             return;
         }
         self.return_blocks(c, &[p]);
     }
 
-    /// A free into a full cache: grow the cache if it may, else return its older half.
+    /// A free that is remote or finds the cache full. A full cache grows if it may, else
+    /// returns its older half. A remote block goes to the thread's remote buffer, which goes
+    /// back to the bin when full.
     #[cold]
-    fn free_overflow(&self, tc: &TCache, c: usize, p: *mut u8) {
+    #[inline(never)]
+    fn free_slow(&self, tc: &TCache, c: usize, p: *mut u8, tid: u32) {
+        if self.owner(self.page_of(p)).load(Ordering::Relaxed) != tid {
+            if !tc.push_remote(c, p) {
+                tc.drain_remote_with(c, |blocks| self.return_blocks(c, blocks));
+                let pushed = tc.push_remote(c, p);
+                debug_assert!(pushed);
+            }
+            return;
+        }
         if !tc.grow(c) {
             let half = tc.capacity(c) / 2;
             tc.drain_with(c, half, |blocks| self.return_blocks(c, blocks));
@@ -1258,6 +1333,7 @@ impl<P: Persist + 'static> HeapCore<P> {
         let tc = unsafe { &*self.tcaches.ptr().cast::<TCache>().add(t) };
         for c in 0..NCLASSES {
             tc.drain_with(c, tcache::MAX_CAP, |blocks| self.return_blocks(c, blocks));
+            tc.drain_remote_with(c, |blocks| self.return_blocks(c, blocks));
         }
     }
 

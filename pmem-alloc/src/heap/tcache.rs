@@ -12,7 +12,7 @@
 //!   unreachable and frees them.
 
 use crate::size_class::{class_size, NCLASSES};
-use crate::sync::{AtomicU32, Locked};
+use crate::sync::{AtomicU32, AtomicU64, Locked};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::Ordering;
 
@@ -20,6 +20,8 @@ use std::sync::atomic::Ordering;
 pub(crate) const MAX_THREADS: usize = 1024;
 /// Largest cache capacity of any class (after growth).
 pub(crate) const MAX_CAP: usize = 1024;
+/// Remote frees buffered per class before they go back to the bin together.
+pub(crate) const REMOTE_CAP: usize = 32;
 /// Bytes a grown cache of one class may hold.
 const GROW_BYTES: usize = 64 << 10;
 /// Most heaps with thread caches at once.
@@ -56,7 +58,10 @@ pub(crate) struct TCache {
     count: [AtomicU32; NCLASSES],
     /// Current capacity per class; 0 = not used yet (the initial [`cap`] on first use).
     cap: [AtomicU32; NCLASSES],
+    /// Per class: remote frees buffered in `remote` (see [`TCache::push_remote`]).
+    rcount: [AtomicU32; NCLASSES],
     slots: [UnsafeCell<[*mut u8; MAX_CAP]>; NCLASSES],
+    remote: [UnsafeCell<[*mut u8; REMOTE_CAP]>; NCLASSES],
 }
 
 impl TCache {
@@ -114,6 +119,33 @@ impl TCache {
         true
     }
 
+    /// Buffers a *remote* free (a block of a run that another thread's cache takes from)
+    /// unless the buffer is full. These blocks are not reused by this thread: they go back to
+    /// their bin together ([`TCache::drain_remote_with`]).
+    #[inline]
+    pub(crate) fn push_remote(&self, c: usize, p: *mut u8) -> bool {
+        let n = self.rcount[c].load(Ordering::Relaxed);
+        if n as usize >= REMOTE_CAP {
+            return false;
+        }
+        // SAFETY: owner-only access (module invariant); `n < REMOTE_CAP`.
+        unsafe { (*self.remote[c].get())[n as usize] = p };
+        self.rcount[c].store(n + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Hands every buffered remote free of class `c` to `give` and empties the buffer.
+    pub(crate) fn drain_remote_with(&self, c: usize, give: impl FnOnce(&[*mut u8])) {
+        let n = self.rcount[c].load(Ordering::Relaxed) as usize;
+        if n == 0 {
+            return;
+        }
+        // SAFETY: owner-only (or quiescent) access; indexes below `n <= REMOTE_CAP`.
+        let s = unsafe { &*self.remote[c].get() };
+        give(&s[..n]);
+        self.rcount[c].store(0, Ordering::Relaxed);
+    }
+
     /// Refills the empty cache of class `c`: `take` writes up to `want` blocks (at most the
     /// capacity) into the slots, in ascending address order, and returns how many. The lowest
     /// address is returned to the caller, the others cached so that later pops continue in
@@ -156,7 +188,11 @@ impl TCache {
     /// Bytes held (for statistics; racy but atomic).
     pub(crate) fn cached_bytes(&self) -> u64 {
         (0..NCLASSES)
-            .map(|c| self.count[c].load(Ordering::Relaxed) as u64 * class_size(c) as u64)
+            .map(|c| {
+                let n =
+                    self.count[c].load(Ordering::Relaxed) + self.rcount[c].load(Ordering::Relaxed);
+                n as u64 * class_size(c) as u64
+            })
             .sum()
     }
 }
@@ -182,6 +218,29 @@ struct IdPool {
     nfree: usize,
 }
 
+/// One bit per thread id, set while a thread holds the id: runs that an exited thread took
+/// from are free for others to take from (see `HeapCore::pick_partial`).
+static LIVE: [AtomicU64; MAX_THREADS / 64] = [const { AtomicU64::new(0) }; MAX_THREADS / 64];
+
+/// Whether thread id `t` is held by a running thread.
+#[inline]
+pub(crate) fn tid_live(t: u32) -> bool {
+    let t = t as usize;
+    t < MAX_THREADS && LIVE[t / 64].load(Ordering::Relaxed) & (1 << (t % 64)) != 0
+}
+
+fn set_live(t: u32, live: bool) {
+    let t = t as usize;
+    if t < MAX_THREADS {
+        let bit = 1u64 << (t % 64);
+        if live {
+            LIVE[t / 64].fetch_or(bit, Ordering::Relaxed);
+        } else {
+            LIVE[t / 64].fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
 static IDS: Locked<IdPool> = Locked::new_const(IdPool {
     next: 1,
     free: [0; MAX_THREADS],
@@ -205,6 +264,7 @@ fn assign_tid() -> u32 {
     };
     TID.with(|t| t.set(id));
     if id != NO_TID {
+        set_live(id, true);
         // Registers the exit destructor (glibc's __cxa_thread_atexit_impl; no lock is held).
         let _ = EXIT.try_with(|_| ());
     }
@@ -228,6 +288,7 @@ impl Drop for ExitGuard {
             }
         }
         let mut ids = IDS.lock();
+        set_live(t, false);
         let n = ids.nfree;
         ids.free[n] = t;
         ids.nfree += 1;
@@ -426,6 +487,15 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     IN_CHILD.store(true, Ordering::Relaxed);
+    // Only the forking thread lives on in the child: runs the others took from are free to take.
+    for w in &LIVE {
+        w.store(0, Ordering::Relaxed);
+    }
+    if let Ok(me) = TID.try_with(|t| t.get()) {
+        if me != 0 && me != NO_TID {
+            set_live(me, true);
+        }
+    }
     // SAFETY: the child is single-threaded here and the prepare handler holds the region lock.
     unsafe {
         for r in (*FORK_REGIONS.data_ptr()).iter().flatten() {
