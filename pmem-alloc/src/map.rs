@@ -469,7 +469,7 @@ impl Mapping {
         };
         let persister = match kind {
             MapKind::SyncDax => Hardware::detected(),
-            _ => page_cache_policy(),
+            _ => page_cache_policy().within(base, len),
         };
         Ok(Mapping {
             base: NonNull::new(base).expect("mmap never returns null on success"),

@@ -65,8 +65,9 @@ pub trait Persist: Send + Sync + std::fmt::Debug {
     /// The range must lie in memory mapped by this process (for the simulator: in its region).
     unsafe fn flush(&self, addr: *const u8, len: usize);
 
-    /// Waits until every earlier flush and non-temporal store is durable: a store fence, or
-    /// nothing where the flush method is itself ordered (`clflush`, `msync`).
+    /// Waits until every earlier flush and non-temporal store of this thread is durable: a
+    /// store fence; under `msync`, the syncs of the ranges flushed since the last drain; or
+    /// nothing where the flush method is itself ordered (`clflush`).
     fn drain(&self);
 
     /// `flush` + `drain`.
@@ -154,6 +155,10 @@ pub trait Persist: Send + Sync + std::fmt::Debug {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hardware {
     method: FlushMethod,
+    /// Under [`FlushMethod::Msync`]: the address range of one mapping, inside which two flushed
+    /// ranges may be synced by one `msync` over both (and what lies between them); empty: only
+    /// overlapping or adjacent pages are merged.
+    span: (usize, usize),
 }
 
 impl Hardware {
@@ -166,13 +171,51 @@ impl Hardware {
         } else {
             f.best_method()
         };
-        Hardware { method }
+        Hardware {
+            method,
+            span: (0, 0),
+        }
+    }
+
+    /// The same policy for flushes that lie in the one mapping `base..base + len`: under
+    /// [`FlushMethod::Msync`] the ranges flushed before a drain are synced by one `msync` over
+    /// all of them (its dirty pages are written back; clean pages between them cost no I/O),
+    /// so a drain costs one file-system sync instead of one per flushed range. `base..base+len`
+    /// must be one mapping of this process (pools pass their own; other methods ignore it).
+    ///
+    /// # Examples
+    /// ```
+    /// use pmem_alloc::flush::FlushMethod;
+    /// use pmem_alloc::map::{MapOptions, Mapping};
+    /// use pmem_alloc::persist::{msync_calls, Hardware, Persist};
+    /// let path = std::env::temp_dir().join(format!("within-doc-{}", std::process::id()));
+    /// let map = Mapping::create(&path, 1 << 20, &MapOptions::new()).unwrap();
+    /// let p = Hardware::new(FlushMethod::Msync).within(map.as_ptr(), map.len());
+    /// map.write_at(0, &[1]).unwrap();
+    /// map.write_at(512 << 10, &[2]).unwrap();
+    /// let before = msync_calls();
+    /// // SAFETY: both ranges lie in `map`
+    /// unsafe {
+    ///     p.flush(map.as_ptr(), 1);
+    ///     p.flush(map.as_ptr().add(512 << 10), 1);
+    /// }
+    /// p.drain(); // one msync over both pages
+    /// assert_eq!(msync_calls() - before, 1);
+    /// # drop(map);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn within(self, base: *const u8, len: usize) -> Self {
+        Hardware {
+            span: (base as usize, base as usize + len),
+            ..self
+        }
     }
 
     /// The policy the process would use for synchronous (DAX) mappings.
     pub fn detected() -> Self {
         Hardware {
             method: FlushMethod::detected(),
+            span: (0, 0),
         }
     }
 
@@ -186,14 +229,8 @@ impl Persist for Hardware {
     #[inline]
     unsafe fn flush(&self, addr: *const u8, len: usize) {
         match self.method {
-            FlushMethod::Msync => {
-                // SAFETY: the caller guarantees the range is mapped. An msync failure (EIO from
-                // the file system) cannot be reported through this signature; it is counted so
-                // that pools can surface it (see `msync_errors`).
-                if unsafe { crate::sys::msync(addr, len) }.is_err() {
-                    MSYNC_ERRORS.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            // recorded for the next drain of this thread (see `msync_batch`)
+            FlushMethod::Msync => msync_batch::add(addr as usize, len, self.span),
             // SAFETY: forwarded from the caller; `new` only admits supported methods.
             m => unsafe { flush::flush_lines(m, addr, len) },
         }
@@ -203,9 +240,10 @@ impl Persist for Hardware {
     fn drain(&self) {
         match self.method {
             FlushMethod::Clwb | FlushMethod::ClflushOpt | FlushMethod::FenceOnly => flush::sfence(),
+            FlushMethod::Msync => msync_batch::drain(),
             // clflush is ordered with stores and other clflushes: nothing to wait for (the
-            // non-temporal paths below fence themselves under this method); msync is synchronous
-            FlushMethod::Clflush | FlushMethod::Msync | FlushMethod::None => {
+            // non-temporal paths below fence themselves under this method)
+            FlushMethod::Clflush | FlushMethod::None => {
                 std::sync::atomic::compiler_fence(Ordering::SeqCst)
             }
         }
@@ -270,6 +308,101 @@ impl Persist for Hardware {
 }
 
 static MSYNC_ERRORS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static MSYNC_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many `msync` calls [`Hardware`] policies have made on the calling thread (a drain
+/// under [`FlushMethod::Msync`] makes one per group of pending ranges; see [`Hardware::within`]).
+pub fn msync_calls() -> usize {
+    MSYNC_CALLS.try_with(|c| c.get()).unwrap_or(0)
+}
+
+/// The ranges a thread has flushed under [`FlushMethod::Msync`] and not yet drained.
+///
+/// A flush records its pages here; the thread's next drain syncs them, merged: pages that
+/// overlap or touch always, and any two ranges of the same mapping (the policy's `span`) into
+/// one `msync` over both, so that a transaction commit costs one file-system sync per drain
+/// rather than one per range. Durability is unchanged: the contract was always "flushed and
+/// then drained", and each thread drains its own flushes (as a fence does). Eight ranges at
+/// most wait; a ninth that merges with none syncs them first.
+mod msync_batch {
+    use super::{Ordering, MSYNC_CALLS, MSYNC_ERRORS};
+    use std::cell::RefCell;
+
+    const SLOTS: usize = 8;
+
+    struct Pending {
+        n: usize,
+        /// Page-aligned `[start, end)` ranges and whether each lies inside its policy's span
+        /// (then it may merge with another range of the same span).
+        r: [(usize, usize, (usize, usize)); SLOTS],
+    }
+
+    thread_local! {
+        // const-initialised, no destructor: usable inside allocators and at thread exit
+        static PENDING: RefCell<Pending> = const {
+            RefCell::new(Pending { n: 0, r: [(0, 0, (0, 0)); SLOTS] })
+        };
+    }
+
+    pub(super) fn add(addr: usize, len: usize, span: (usize, usize)) {
+        if len == 0 {
+            return;
+        }
+        let ps = crate::sys::page_size();
+        let (start, end) = (addr & !(ps - 1), (addr + len).next_multiple_of(ps));
+        let inside = span.0 <= start && end <= span.1;
+        let span = if inside { span } else { (0, 0) };
+        let recorded = PENDING.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let n = p.n;
+            for e in &mut p.r[..n] {
+                let touches = start <= e.1 && e.0 <= end;
+                if touches || (span.1 != 0 && e.2 == span) {
+                    e.0 = e.0.min(start);
+                    e.1 = e.1.max(end);
+                    return;
+                }
+            }
+            if n == SLOTS {
+                sync_all(&mut p);
+            }
+            let n = p.n;
+            p.r[n] = (start, end, span);
+            p.n = n + 1;
+        });
+        if recorded.is_err() {
+            // the thread's storage is gone (thread exit): sync at once
+            sync(start, end);
+        }
+    }
+
+    pub(super) fn drain() {
+        let _ = PENDING.try_with(|p| sync_all(&mut p.borrow_mut()));
+    }
+
+    fn sync_all(p: &mut Pending) {
+        for &(start, end, _) in &p.r[..p.n] {
+            sync(start, end);
+        }
+        p.n = 0;
+    }
+
+    fn sync(start: usize, end: usize) {
+        let _ = MSYNC_CALLS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: the pages were flushed by a caller that guaranteed them mapped, and a merged
+        // range lies inside one mapping's span; if the mapping has been unmapped since (a pool
+        // closed by another thread), msync fails with ENOMEM and touches nothing. Failures
+        // other than that (EIO from the file system) are counted so that pools can surface
+        // them (see `msync_errors`).
+        if let Err(e) = unsafe { crate::sys::msync(start as *const u8, end - start) } {
+            if e.raw_os_error() != Some(libc::ENOMEM) {
+                MSYNC_ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// How many `msync` calls made by [`Hardware`] policies have failed in this process.
 pub fn msync_errors() -> usize {

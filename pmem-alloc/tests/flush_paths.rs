@@ -54,3 +54,43 @@ fn anonymous_mappings_never_flush() {
     assert_eq!(m.persister().method(), FlushMethod::None);
     assert!(!m.persister().is_durable());
 }
+
+/// Under msync, a drain syncs the ranges flushed since the last one: overlapping or touching
+/// pages in one call, ranges of one mapping (`Hardware::within`) in one call, other ranges one
+/// call each; nothing is synced before the drain, and everything after it.
+#[test]
+fn msync_flushes_are_synced_at_the_drain_and_merged() {
+    use pmem_alloc::flush::FlushMethod;
+    use pmem_alloc::map::{MapOptions, Mapping};
+    use pmem_alloc::persist::{msync_calls, msync_errors, Hardware, Persist};
+    let dir = tempfile::tempdir().unwrap();
+    let map = Mapping::create(&dir.path().join("m"), 4 << 20, &MapOptions::new()).unwrap();
+    let base = map.as_ptr();
+    let page = 4096;
+    let errors = msync_errors();
+    let count = |p: &Hardware, offsets: &[usize]| {
+        let before = msync_calls();
+        for &o in offsets {
+            map.write_at(o, &[7; 100]).unwrap();
+            // SAFETY: inside the 4 MiB mapping.
+            unsafe { p.flush(base.add(o), 100) };
+        }
+        let flushed = msync_calls() - before;
+        p.drain();
+        (flushed, msync_calls() - before)
+    };
+    let plain = Hardware::new(FlushMethod::Msync);
+    // same page twice, then the next page: one range
+    assert_eq!(count(&plain, &[0, 200, page]), (0, 1));
+    // three pages far apart without a span: one msync each
+    assert_eq!(count(&plain, &[0, 1 << 20, 3 << 20]), (0, 3));
+    // with the mapping's span: one msync for all
+    let spanned = plain.within(base, map.len());
+    assert_eq!(count(&spanned, &[0, 1 << 20, 3 << 20]), (0, 1));
+    // more distinct ranges than the pending slots: the ninth syncs the first eight
+    let many: Vec<usize> = (0..9).map(|i| i * 2 * page).collect();
+    assert_eq!(count(&plain, &many), (8, 9));
+    // a drain with nothing pending makes no call
+    assert_eq!(count(&plain, &[]), (0, 0));
+    assert_eq!(msync_errors(), errors);
+}
