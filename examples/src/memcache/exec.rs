@@ -58,16 +58,8 @@ impl ServerInfo {
     }
 }
 
-/// What the connection should do after a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep reading.
-    Continue,
-    /// Send the output, then close the connection.
-    Close,
-    /// Send the output, close, and shut the server down.
-    Shutdown,
-}
+/// What the connection should do after a batch (the servers' shared type).
+pub use crate::net::Flow;
 
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {

@@ -119,16 +119,8 @@ impl Session {
     }
 }
 
-/// What the connection should do after a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep reading.
-    Continue,
-    /// Send the output, then close the connection.
-    Close,
-    /// Close, and shut the server down.
-    Shutdown,
-}
+/// What the connection should do after a batch (the servers' shared type).
+pub use crate::net::Flow;
 
 /// Parses and executes every complete command in `input`, appending replies to `out`.
 /// Returns the bytes consumed and what the connection should do next.
