@@ -85,6 +85,25 @@ pub struct Config {
     pub summary: String,
 }
 
+/// Writes the decimal digits of `n` at the end of `buf` and returns them (no allocation).
+pub fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Appends `n` in decimal, without allocating (replies write many lengths and counters).
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(&mut [0u8; 20], n));
+}
+
 /// Maps a server's result to the process exit code, printing an error as `name: error`.
 pub fn exit_code(name: &str, res: Result<(), String>) -> std::process::ExitCode {
     match res {
