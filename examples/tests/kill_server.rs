@@ -69,13 +69,9 @@ fn kill9_loop_keeps_every_acknowledged_write() {
         restored_total += present;
         // write load from several connections, killed at a random instant
         let stop = Arc::new(AtomicBool::new(false));
-        let mut hs = Vec::new();
-        for w in 0..WRITERS {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            let seed = rng.gen::<u64>();
-            let base = version_base;
-            hs.push(std::thread::spawn(move || {
-                let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let hs = spawn_writers(WRITERS, &mut rng, &stop, {
+            let (acked, base) = (acked.clone(), version_base);
+            move |w, r, stop| {
                 let mut c = Client::connect(port);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 200_000 {
@@ -96,16 +92,11 @@ fn kill9_loop_keeps_every_acknowledged_write() {
                     }
                 }
                 n
-            }));
-        }
+            }
+        });
         std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
         s.kill9();
-        stop.store(true, Ordering::Relaxed);
-        let mut most = 0;
-        for h in hs {
-            most = most.max(h.join().unwrap());
-        }
-        version_base += most + 1;
+        version_base += stop_writers(&stop, hs) + 1;
     }
     // final verification after the last kill
     let s = Server::start(&pool, port, &[]);

@@ -7,60 +7,17 @@
 
 mod common;
 use common::Server;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs `memccapable -a` against the port; None if the tool is missing (and CI is unset).
 fn memccapable(port: u16) -> Option<String> {
-    let spawned = Command::new("memccapable")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-a"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "memccapable is not installed (libmemcached-tools); required when CI is set"
-                );
-            }
-            eprintln!(
-                "skipping: memccapable is not installed (apt-get install libmemcached-tools)"
-            );
-            return None;
-        }
-        Err(e) => panic!("cannot run memccapable: {e}"),
-    };
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("memccapable timed out");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = out_t.join().unwrap() + &err_t.join().unwrap();
+    let port = port.to_string();
+    let args = ["-h", "127.0.0.1", "-p", &port, "-a"];
+    let limit = Duration::from_secs(120);
+    let (status, out, err) =
+        common::run_tool_from("libmemcached-tools", "memccapable", &args, None, limit)?;
+    let out = out + &err;
     assert!(status.success(), "memccapable failed ({status}):\n{out}");
     Some(out)
 }
@@ -75,17 +32,7 @@ fn assert_all_passed(out: &str) {
 }
 
 fn call(port: u16, req: &[u8], end: &[u8]) -> Vec<u8> {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(req).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(end) {
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
+    common::call(&mut common::connect(port), req, end)
 }
 
 #[test]

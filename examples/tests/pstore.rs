@@ -99,18 +99,7 @@ fn store_semantics() {
     );
     // arithmetic
     set(s, "n", b"10", 0, Expiry::Never);
-    let incr = |key: &str, incr, delta| {
-        s.arith(
-            key.as_bytes(),
-            &ArithReq {
-                incr,
-                delta,
-                autovivify: None,
-                cas: None,
-                touch: None,
-            },
-        )
-    };
+    let incr = |key: &str, incr, delta| s.arith(key.as_bytes(), &ArithReq::plain(incr, delta));
     assert!(matches!(
         incr("n", true, 5),
         ArithOutcome::Value { value: 15, .. }

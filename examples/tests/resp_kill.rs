@@ -10,7 +10,7 @@
 
 mod common;
 use common::resp::*;
-use common::{check_value, make_value};
+use common::{check_value, make_value, spawn_writers, stop_writers};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,14 +132,10 @@ fn kill9_loop_keeps_every_acknowledged_write() {
         let mut c = s.client();
         verified_total += verify(&mut c, &acked.lock().unwrap(), it);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut hs = Vec::new();
-        for w in 0..WRITERS {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            let seed = rng.gen::<u64>();
-            let base = version_base;
+        let hs = spawn_writers(WRITERS, &mut rng, &stop, {
+            let (acked, base) = (acked.clone(), version_base);
             let port = s.port;
-            hs.push(std::thread::spawn(move || {
-                let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+            move |w, r, stop| {
                 let mut c = RespClient::connect(port);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 100_000 {
@@ -196,17 +192,12 @@ fn kill9_loop_keeps_every_acknowledged_write() {
                     }
                 }
                 n
-            }));
-        }
+            }
+        });
         std::thread::sleep(Duration::from_millis(rng.gen_range(30..300)));
         s.signal(libc::SIGKILL);
         s.wait_exit();
-        stop.store(true, Ordering::Relaxed);
-        let mut most = 0;
-        for h in hs {
-            most = most.max(h.join().unwrap());
-        }
-        version_base += most + 1;
+        version_base += stop_writers(&stop, hs) + 1;
     }
     let s = RedisServer::launch(&args);
     let mut c = s.client();

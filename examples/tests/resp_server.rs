@@ -7,28 +7,12 @@
 //! environment variable is set, in which case they fail.
 
 mod common;
-use common::resp::{backends, encode, run_tool, RedisServer, REDIS_BIN, V};
+use common::resp::{backends, encode, run_tool, servers, REDIS_BIN, V};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn servers(extra: &[&str]) -> Vec<(&'static str, RedisServer)> {
-    backends()
-        .into_iter()
-        .filter_map(|b| Some((b.name, b.server(extra)?)))
-        .collect()
-}
-
 fn bad_options(args: &[&str], want: &str) {
-    let out = Command::new(REDIS_BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(err.contains(want), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    common::bad_options(REDIS_BIN, args, want);
 }
 
 #[test]

@@ -3,10 +3,9 @@
 //! and are stopped by PID.
 
 mod common;
-use common::BIN;
+use common::{call, BIN};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 /// A server on the DRAM store.
@@ -18,33 +17,8 @@ impl Server {
     }
 }
 
-/// Sends `req` and reads until the reply ends with `end`.
-fn call(c: &mut TcpStream, req: &[u8], end: &[u8]) -> Vec<u8> {
-    c.write_all(req).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while !got.ends_with(end) {
-        let n = c.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "connection closed; got {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
-}
-
 fn bad_options(args: &[&str], want: &str) {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(err.contains(want), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    common::bad_options(BIN, args, want);
 }
 
 #[test]

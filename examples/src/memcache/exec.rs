@@ -58,31 +58,11 @@ impl ServerInfo {
     }
 }
 
-/// What the connection should do after a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep reading.
-    Continue,
-    /// Send the output, then close the connection.
-    Close,
-    /// Send the output, close, and shut the server down.
-    Shutdown,
-}
+/// What the connection should do after a batch (the servers' shared type).
+pub use crate::net::Flow;
 
-/// Appends `n` in decimal.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
+/// Appends `n` in decimal (shared with the RESP encoder).
+pub use crate::net::push_u64;
 
 fn push_i64(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
@@ -275,16 +255,7 @@ pub fn execute(
             delta,
             noreply,
         } => {
-            let r = store.arith(
-                key,
-                &ArithReq {
-                    incr,
-                    delta,
-                    autovivify: None,
-                    cas: None,
-                    touch: None,
-                },
-            );
+            let r = store.arith(key, &ArithReq::plain(incr, delta));
             count_arith(c, incr, &r);
             if !noreply {
                 match r {
@@ -642,19 +613,7 @@ fn meta_arith(store: &dyn CacheStore, m: Meta<'_>, now: u64, out: &mut Vec<u8>) 
                 return;
             }
             let mut text = [0u8; 20];
-            let digits = {
-                let mut n = value;
-                let mut i = text.len();
-                loop {
-                    i -= 1;
-                    text[i] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                &text[i..]
-            };
+            let digits = crate::net::decimal(&mut text, value);
             if m.opts.value {
                 out.extend_from_slice(b"VA ");
                 push_u64(out, digits.len() as u64);

@@ -428,16 +428,7 @@ mod tests {
     }
 
     fn arith(s: &MemStore, k: &str, incr: bool, delta: u64) -> ArithOutcome {
-        s.arith(
-            k.as_bytes(),
-            &ArithReq {
-                incr,
-                delta,
-                autovivify: None,
-                cas: None,
-                touch: None,
-            },
-        )
+        s.arith(k.as_bytes(), &ArithReq::plain(incr, delta))
     }
 
     #[test]

@@ -1,20 +1,20 @@
-//! The TCP server: command line (mirroring memcached's), store opening, privilege drop,
-//! accept loop, per-connection pipelined processing and graceful shutdown.
+//! The TCP server: command line (mirroring memcached's), store opening, privilege drop and the
+//! memcached protocol's [`net::Service`]; the accept loop, worker threads, per-connection
+//! pipelined processing and graceful shutdown are [`net::run`]'s.
 
 use super::exec::{self, Flow, ServerInfo};
 use super::memstore::MemStore;
 use super::proto::{err, Parser};
 use super::pstore::{PmemStore, PmemStoreConfig};
 use super::store::{CacheStore, Ctr};
+use crate::net;
 use clap::{ArgAction, Parser as ClapParser, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::signal::unix::SignalKind;
 
 /// Which store backs the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -158,14 +158,7 @@ fn drop_privileges(user: &str) -> Result<(), String> {
 /// Entry point of the `pmem-memcached` binary: parses the command line, runs the server and
 /// returns the process exit code.
 pub fn main_cli() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pmem-memcached: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    net::exit_code("pmem-memcached", run(Args::parse()))
 }
 
 /// Opens the store, serves until a signal or `shutdown`, then shuts the store down.
@@ -231,274 +224,77 @@ pub fn run(args: Args) -> Result<(), String> {
         memory_file: args.memory_file.display().to_string(),
         durable: args.durable,
     });
-    // memcached's model: one event loop per worker thread (a single-threaded runtime each, so
-    // a connection's wake-ups never hop threads), fed accepted sockets round-robin by the
-    // listener's loop on the main thread.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    let mut workers = Vec::new();
-    for i in 0..args.threads.max(1) {
-        match spawn_worker(
-            i,
-            store.clone(),
-            info.clone(),
-            stop_rx.clone(),
-            stop_tx.clone(),
-        ) {
-            Ok(w) => workers.push(w),
-            Err(e) => {
-                let _ = stop_tx.send(true);
-                for w in workers {
-                    let _ = w.handle.join();
-                }
-                return Err(format!("cannot start worker thread {i}: {e}"));
-            }
-        }
-    }
-    let addr = SocketAddr::new(args.listen, args.port);
-    let txs: Vec<_> = workers.iter().map(|w| w.tx.clone()).collect();
-    let res = rt.block_on(serve(
-        addr,
-        store.clone(),
-        info,
+    let svc = Arc::new(McService { store, info });
+    let cfg = net::Config {
+        name: "pmem-memcached",
+        worker_name: "mc-worker-",
+        addr: SocketAddr::new(args.listen, args.port),
+        threads: args.threads.max(1),
+        signals: vec![
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::user_defined1(),
+        ],
+        // Background work of the store (expired-item crawler, counters) about once a second.
+        tick: Duration::from_secs(1),
+        tick_at_start: false,
         start,
         summary,
-        txs,
-        (stop_tx.clone(), stop_rx),
-    ));
-    let _ = stop_tx.send(true);
-    // In-flight commands finish (each worker drains its connections) before the store shuts
-    // down.
-    for w in workers {
-        let _ = w.handle.join();
-    }
-    store.shutdown();
-    rt.shutdown_timeout(Duration::from_secs(1));
-    res
-}
-
-/// A worker thread: its event loop and the channel that hands it accepted sockets.
-struct Worker {
-    tx: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
-    handle: std::thread::JoinHandle<()>,
-}
-
-fn spawn_worker(
-    i: u32,
-    store: Arc<dyn CacheStore>,
-    info: Arc<ServerInfo>,
-    stop_rx: watch::Receiver<bool>,
-    stop_tx: Arc<watch::Sender<bool>>,
-) -> std::io::Result<Worker> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let handle = std::thread::Builder::new()
-        .name(format!("mc-worker-{i}"))
-        .spawn(move || {
-            rt.block_on(async move {
-                let mut conns = tokio::task::JoinSet::new();
-                let mut stop = stop_rx.clone();
-                loop {
-                    tokio::select! {
-                        s = rx.recv() => {
-                            let Some(s) = s else { break };
-                            let sock = match TcpStream::from_std(s) {
-                                Ok(x) => x,
-                                Err(_) => {
-                                    info.curr_connections.fetch_sub(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                            };
-                            let (store, info, stop_rx, stop_tx) =
-                                (store.clone(), info.clone(), stop_rx.clone(), stop_tx.clone());
-                            conns.spawn(async move {
-                                if connection(sock, &*store, &info, stop_rx).await {
-                                    let _ = stop_tx.send(true);
-                                }
-                                info.curr_connections.fetch_sub(1, Ordering::Relaxed);
-                            });
-                        }
-                        _ = stop.changed() => break,
-                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                    }
-                }
-                // Let in-flight commands finish (each connection stops at its next read).
-                let drain = async { while conns.join_next().await.is_some() {} };
-                if tokio::time::timeout(Duration::from_secs(5), drain)
-                    .await
-                    .is_err()
-                {
-                    conns.abort_all();
-                    // Aborted tasks stop at their next await point; wait for that so that no
-                    // command is still running when the store shuts down.
-                    while conns.join_next().await.is_some() {}
-                }
-            })
-        })?;
-    Ok(Worker { tx, handle })
-}
-
-async fn serve(
-    addr: SocketAddr,
-    store: Arc<dyn CacheStore>,
-    info: Arc<ServerInfo>,
-    start: Instant,
-    summary: String,
-    workers: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
-    (stop_tx, stop_rx): (Arc<watch::Sender<bool>>, watch::Receiver<bool>),
-) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("failed to listen on {addr}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    eprintln!(
-        "pmem-memcached: ready in {} ms: {summary}, listening on {bound}",
-        start.elapsed().as_millis()
-    );
-    let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut usr1 = sig(SignalKind::user_defined1())?;
-    let mut conns = tokio::task::JoinSet::new();
-    let mut next = 0usize;
-    let mut stop_wait = stop_rx.clone();
-    // Background work of the store (expired-item crawler, counters) about once a second.
-    let maint = {
-        let store = store.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                let s = store.clone();
-                let _ = tokio::task::spawn_blocking(move || s.maintenance()).await;
-            }
-        })
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = usr1.recv() => break,
-            _ = stop_wait.changed() => break,
-            acc = listener.accept() => {
-                let (sock, _) = match acc {
-                    Ok(x) => x,
-                    Err(e) => {
-                        if info.verbosity.load(Ordering::Relaxed) > 0 {
-                            eprintln!("pmem-memcached: accept: {e}");
-                        }
-                        // Out of descriptors and similar: back off briefly.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                store.counters().incr(Ctr::TotalConnections);
-                let n = info.curr_connections.fetch_add(1, Ordering::Relaxed) + 1;
-                if n > info.max_connections {
-                    info.curr_connections.fetch_sub(1, Ordering::Relaxed);
-                    store.counters().incr(Ctr::RejectedConnections);
-                    conns.spawn(async move {
-                        let mut sock = sock;
-                        let msg = format!("{}\r\n", err::TOO_MANY_CONNS);
-                        let _ = sock.write_all(msg.as_bytes()).await;
-                        let _ = sock.shutdown().await;
-                    });
-                    continue;
-                }
-                let _ = sock.set_nodelay(true);
-                // hand the socket to the next worker's event loop
-                let handed = sock.into_std().ok().and_then(|s| {
-                    next = next.wrapping_add(1);
-                    workers[next % workers.len()].send(s).ok()
-                });
-                if handed.is_none() {
-                    info.curr_connections.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    // A maintenance pass in progress finishes before the store shuts down.
-    let _ = maint.await;
-    // (rejection messages still being written)
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if info.verbosity.load(Ordering::Relaxed) > 0 {
-        eprintln!("pmem-memcached: shutting down");
-    }
-    Ok(())
+    net::run(cfg, svc)
 }
 
-/// Serves one connection; true if it asked for a server shutdown.
-async fn connection(
-    mut sock: TcpStream,
-    store: &dyn CacheStore,
-    info: &ServerInfo,
-    mut stop: watch::Receiver<bool>,
-) -> bool {
-    let mut parser = Parser::new(store.item_size_max());
-    let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    loop {
-        if *stop.borrow() {
-            return false;
-        }
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(16 * 1024);
-        }
-        let n = tokio::select! {
-            r = sock.read_buf(&mut rbuf) => match r {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => n,
-            },
-            _ = stop.changed() => return false,
-        };
-        store.counters().add(Ctr::BytesRead, n as u64);
-        let (used, flow) = exec::process(&mut parser, store, info, &rbuf, &mut out);
-        rbuf.drain(..used);
-        if !out.is_empty() {
-            if sock.write_all(&out).await.is_err() {
-                return false;
-            }
-            store.counters().add(Ctr::BytesWritten, out.len() as u64);
-            // Keep a moderate buffer; drop a huge one (a big multi-get).
-            if out.capacity() > 4 * 1024 * 1024 {
-                out = Vec::with_capacity(16 * 1024);
-            } else {
-                out.clear();
-            }
-        }
-        if rbuf.is_empty() && rbuf.capacity() > 4 * 1024 * 1024 {
-            rbuf = Vec::with_capacity(16 * 1024);
-        }
-        match flow {
-            Flow::Continue => {}
-            Flow::Close => {
-                let _ = sock.shutdown().await;
-                return false;
-            }
-            Flow::Shutdown => {
-                let _ = sock.shutdown().await;
-                return true;
-            }
-        }
+/// The memcached protocol over a store, for [`net::run`].
+struct McService {
+    store: Arc<dyn CacheStore>,
+    info: Arc<ServerInfo>,
+}
+
+impl net::Service for McService {
+    type Conn = Parser;
+
+    fn connect(&self) -> Parser {
+        Parser::new(self.store.item_size_max())
+    }
+
+    fn process(&self, parser: &mut Parser, input: &[u8], out: &mut Vec<u8>) -> (usize, Flow) {
+        exec::process(parser, &*self.store, &self.info, input, out)
+    }
+
+    fn bytes_read(&self, n: usize) {
+        self.store.counters().add(Ctr::BytesRead, n as u64);
+    }
+
+    fn bytes_written(&self, n: usize) {
+        self.store.counters().add(Ctr::BytesWritten, n as u64);
+    }
+
+    fn open_connections(&self) -> &AtomicU64 {
+        &self.info.curr_connections
+    }
+
+    fn max_connections(&self) -> u64 {
+        self.info.max_connections
+    }
+
+    fn accepted(&self) {
+        self.store.counters().incr(Ctr::TotalConnections);
+    }
+
+    fn rejected(&self) -> String {
+        self.store.counters().incr(Ctr::RejectedConnections);
+        format!("{}\r\n", err::TOO_MANY_CONNS)
+    }
+
+    fn verbose(&self) -> bool {
+        self.info.verbosity.load(Ordering::Relaxed) > 0
+    }
+
+    fn tick(&self) {
+        self.store.maintenance();
+    }
+
+    fn shutdown(&self) {
+        self.store.shutdown();
     }
 }

@@ -170,6 +170,19 @@ pub struct ArithReq {
     pub touch: Option<Expiry>,
 }
 
+impl ArithReq {
+    /// A plain `incr`/`decr` of `delta`: no autovivify, CAS or touch.
+    pub fn plain(incr: bool, delta: u64) -> ArithReq {
+        ArithReq {
+            incr,
+            delta,
+            autovivify: None,
+            cas: None,
+            touch: None,
+        }
+    }
+}
+
 /// Result of incr/decr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArithOutcome {

@@ -119,16 +119,8 @@ impl Session {
     }
 }
 
-/// What the connection should do after a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep reading.
-    Continue,
-    /// Send the output, then close the connection.
-    Close,
-    /// Close, and shut the server down.
-    Shutdown,
-}
+/// What the connection should do after a batch (the servers' shared type).
+pub use crate::net::Flow;
 
 /// Parses and executes every complete command in `input`, appending replies to `out`.
 /// Returns the bytes consumed and what the connection should do next.
@@ -957,7 +949,8 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn info_cmd(db: &dyn Db, info: &ServerInfo, a: &[&[u8]], now: u64, out: &mut Vec<u8>) {
-    const DEFAULT: [&str; 7] = [
+    // Every section, in output order (also what `all`, `everything` and `default` select).
+    const ALL: [&str; 8] = [
         "server",
         "clients",
         "memory",
@@ -965,20 +958,19 @@ fn info_cmd(db: &dyn Db, info: &ServerInfo, a: &[&[u8]], now: u64, out: &mut Vec
         "stats",
         "replication",
         "keyspace",
+        "backend",
     ];
     let mut want: Vec<String> = Vec::new();
     for s in &a[1..] {
         let s = String::from_utf8_lossy(s).to_ascii_lowercase();
         if s == "all" || s == "everything" || s == "default" {
-            want.extend(DEFAULT.iter().map(|x| x.to_string()));
-            want.push("backend".into());
+            want.extend(ALL.iter().map(|x| x.to_string()));
         } else {
             want.push(s);
         }
     }
     if want.is_empty() {
-        want.extend(DEFAULT.iter().map(|x| x.to_string()));
-        want.push("backend".into());
+        want.extend(ALL.iter().map(|x| x.to_string()));
     }
     let backend = db.info();
     let used: u64 = backend
@@ -1002,17 +994,7 @@ fn info_cmd(db: &dyn Db, info: &ServerInfo, a: &[&[u8]], now: u64, out: &mut Vec
             s.push_str("\r\n");
         }
     };
-    let order = [
-        "server",
-        "clients",
-        "memory",
-        "persistence",
-        "stats",
-        "replication",
-        "keyspace",
-        "backend",
-    ];
-    for name in order {
+    for name in ALL {
         if !want.iter().any(|w| w == name) {
             continue;
         }

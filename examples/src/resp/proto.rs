@@ -336,6 +336,8 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Cow<'_, [u8]>>> {
 
 /// Reply encoding (RESP2).
 pub mod reply {
+    use crate::net::push_u64;
+
     /// `+text`.
     pub fn simple(out: &mut Vec<u8>, s: &str) {
         out.push(b'+');
@@ -360,25 +362,10 @@ pub mod reply {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// The decimal digits of `n` (no allocation: replies write many lengths).
-    fn push_len(out: &mut Vec<u8>, mut n: usize) {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&buf[i..]);
-    }
-
     /// `$len` and the bytes.
     pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
         out.push(b'$');
-        push_len(out, b.len());
+        push_u64(out, b.len() as u64);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(b);
         out.extend_from_slice(b"\r\n");
@@ -405,7 +392,7 @@ pub mod reply {
     /// An array header `*n`; the elements follow.
     pub fn array(out: &mut Vec<u8>, n: usize) {
         out.push(b'*');
-        push_len(out, n);
+        push_u64(out, n as u64);
         out.extend_from_slice(b"\r\n");
     }
 

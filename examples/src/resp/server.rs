@@ -1,5 +1,6 @@
-//! The TCP server: command line, backend opening, accept loop, per-connection pipelined
-//! processing and graceful shutdown.
+//! The TCP server: command line, backend opening and the RESP protocol's [`net::Service`]; the
+//! accept loop, worker threads, per-connection pipelined processing and graceful shutdown are
+//! [`net::run`]'s (shared with the memcached example).
 //!
 //! Threading follows the memcached example: the listener runs on the main thread and hands
 //! accepted sockets round-robin to worker threads, each with its own single-threaded tokio
@@ -9,15 +10,14 @@ use super::db::{unix_ms, Db};
 use super::exec::{self, err, Flow, ServerInfo, Session};
 use super::memdb::MemDb;
 use super::pdb::PmemDb;
+use crate::net;
 use clap::Parser as ClapParser;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::signal::unix::SignalKind;
 
 /// Default TCP port: 6380, one above Redis' 6379, so that both can run side by side.
 pub const DEFAULT_PORT: u16 = 6380;
@@ -141,14 +141,7 @@ pub fn validate(a: &Args) -> Result<(), String> {
 /// Entry point of the `pmem-redis` binary: parses the command line, runs the server and
 /// returns the process exit code.
 pub fn main_cli() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pmem-redis: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    net::exit_code("pmem-redis", run(Args::parse()))
 }
 
 /// Opens the backend, serves until a signal or `SHUTDOWN`, then shuts the backend down.
@@ -164,280 +157,85 @@ pub fn run(args: Args) -> Result<(), String> {
         args.maxclients,
         backend.name(),
     ));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    let mut workers = Vec::new();
-    for i in 0..args.threads {
-        match spawn_worker(
-            i,
-            db.clone(),
-            info.clone(),
-            stop_rx.clone(),
-            stop_tx.clone(),
-        ) {
-            Ok(w) => workers.push(w),
-            Err(e) => {
-                let _ = stop_tx.send(true);
-                for w in workers {
-                    let _ = w.handle.join();
-                }
-                return Err(format!("cannot start worker thread {i}: {e}"));
-            }
-        }
-    }
-    let addr = SocketAddr::new(args.bind, args.port);
-    let txs: Vec<_> = workers.iter().map(|w| w.tx.clone()).collect();
-    let ctx = ServeCtx {
-        db: db.clone(),
+    let svc = Arc::new(RedisService {
+        db,
         info,
         verbose: args.verbose,
-    };
-    let res = rt.block_on(serve(
-        addr,
-        ctx,
+    });
+    let cfg = net::Config {
+        name: "pmem-redis",
+        worker_name: "redis-worker-",
+        addr: SocketAddr::new(args.bind, args.port),
+        threads: args.threads,
+        signals: vec![SignalKind::terminate(), SignalKind::interrupt()],
+        // Active expiry: a bounded sweep ten times a second.
+        tick: Duration::from_millis(100),
+        tick_at_start: true,
         start,
         summary,
-        txs,
-        (stop_tx.clone(), stop_rx),
-    ));
-    let _ = stop_tx.send(true);
-    // In-flight commands finish (each worker drains its connections) before the backend
-    // shuts down.
-    for w in workers {
-        let _ = w.handle.join();
-    }
-    db.shutdown();
-    rt.shutdown_timeout(Duration::from_secs(1));
+    };
+    let res = net::run(cfg, svc);
     if args.verbose {
         eprintln!("pmem-redis: stopped");
     }
     res
 }
 
-/// A worker thread: its event loop and the channel that hands it accepted sockets.
-struct Worker {
-    tx: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
-    handle: std::thread::JoinHandle<()>,
-}
-
-fn spawn_worker(
-    i: u32,
-    db: Arc<dyn Db>,
-    info: Arc<ServerInfo>,
-    stop_rx: watch::Receiver<bool>,
-    stop_tx: Arc<watch::Sender<bool>>,
-) -> std::io::Result<Worker> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let handle = std::thread::Builder::new()
-        .name(format!("redis-worker-{i}"))
-        .spawn(move || {
-            rt.block_on(async move {
-                let mut conns = tokio::task::JoinSet::new();
-                let mut stop = stop_rx.clone();
-                loop {
-                    tokio::select! {
-                        s = rx.recv() => {
-                            let Some(s) = s else { break };
-                            let Ok(sock) = TcpStream::from_std(s) else {
-                                info.connected_clients.fetch_sub(1, Ordering::Relaxed);
-                                continue;
-                            };
-                            let (db, info, stop_rx, stop_tx) =
-                                (db.clone(), info.clone(), stop_rx.clone(), stop_tx.clone());
-                            conns.spawn(async move {
-                                if connection(sock, &*db, &info, stop_rx).await {
-                                    let _ = stop_tx.send(true);
-                                }
-                                info.connected_clients.fetch_sub(1, Ordering::Relaxed);
-                            });
-                        }
-                        _ = stop.changed() => break,
-                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                    }
-                }
-                // Let in-flight commands finish (each connection stops at its next read).
-                let drain = async { while conns.join_next().await.is_some() {} };
-                if tokio::time::timeout(Duration::from_secs(5), drain)
-                    .await
-                    .is_err()
-                {
-                    conns.abort_all();
-                    while conns.join_next().await.is_some() {}
-                }
-            })
-        })?;
-    Ok(Worker { tx, handle })
-}
-
-struct ServeCtx {
+/// The RESP protocol over a backend, for [`net::run`].
+struct RedisService {
     db: Arc<dyn Db>,
     info: Arc<ServerInfo>,
     verbose: bool,
 }
 
-async fn serve(
-    addr: SocketAddr,
-    ctx: ServeCtx,
-    start: Instant,
-    summary: String,
-    workers: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
-    (stop_tx, stop_rx): (Arc<watch::Sender<bool>>, watch::Receiver<bool>),
-) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let ServeCtx { db, info, verbose } = ctx;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("failed to listen on {addr}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    eprintln!(
-        "pmem-redis: ready in {} ms: {summary}, listening on {bound}",
-        start.elapsed().as_millis()
-    );
-    let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
-    let mut term = sig(SignalKind::terminate())?;
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut conns = tokio::task::JoinSet::new();
-    let mut next = 0usize;
-    let mut stop_wait = stop_rx.clone();
-    // Active expiry: a bounded sweep ten times a second.
-    let sweeper = {
-        let (db, info) = (db.clone(), info.clone());
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                let db = db.clone();
-                let n =
-                    tokio::task::spawn_blocking(move || db.expire_sweep(unix_ms(), SWEEP_BUDGET))
-                        .await
-                        .unwrap_or(0);
-                info.expired_keys.fetch_add(n, Ordering::Relaxed);
-            }
-        })
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = stop_wait.changed() => break,
-            acc = listener.accept() => {
-                let (sock, peer) = match acc {
-                    Ok(x) => x,
-                    Err(e) => {
-                        if verbose {
-                            eprintln!("pmem-redis: accept: {e}");
-                        }
-                        // Out of descriptors and similar: back off briefly.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                info.total_connections.fetch_add(1, Ordering::Relaxed);
-                let n = info.connected_clients.fetch_add(1, Ordering::Relaxed) + 1;
-                if n > info.maxclients {
-                    info.connected_clients.fetch_sub(1, Ordering::Relaxed);
-                    info.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                    conns.spawn(async move {
-                        let mut sock = sock;
-                        let msg = format!("-{}\r\n", err::MAX_CLIENTS);
-                        let _ = sock.write_all(msg.as_bytes()).await;
-                        let _ = sock.shutdown().await;
-                    });
-                    continue;
-                }
-                if verbose {
-                    eprintln!("pmem-redis: connection from {peer}");
-                }
-                let _ = sock.set_nodelay(true);
-                let handed = sock.into_std().ok().and_then(|s| {
-                    next = next.wrapping_add(1);
-                    workers.get(next % workers.len().max(1))?.send(s).ok()
-                });
-                if handed.is_none() {
-                    info.connected_clients.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let _ = sweeper.await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if verbose {
-        eprintln!("pmem-redis: shutting down");
-    }
-    Ok(())
-}
+impl net::Service for RedisService {
+    type Conn = Session;
+    // Like Redis' client-query-buffer-limit: drop the client.
+    const MAX_PENDING: Option<usize> = Some(QUERY_BUFFER_MAX);
 
-/// Serves one connection; true if it asked for a server shutdown.
-async fn connection(
-    mut sock: TcpStream,
-    db: &dyn Db,
-    info: &ServerInfo,
-    mut stop: watch::Receiver<bool>,
-) -> bool {
-    let mut session = Session::new(info);
-    let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    loop {
-        if *stop.borrow() {
-            return false;
+    fn connect(&self) -> Session {
+        Session::new(&self.info)
+    }
+
+    fn process(&self, session: &mut Session, input: &[u8], out: &mut Vec<u8>) -> (usize, Flow) {
+        exec::process(&*self.db, &self.info, session, input, out)
+    }
+
+    fn open_connections(&self) -> &AtomicU64 {
+        &self.info.connected_clients
+    }
+
+    fn max_connections(&self) -> u64 {
+        self.info.maxclients
+    }
+
+    fn accepted(&self) {
+        self.info.total_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rejected(&self) -> String {
+        self.info
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        format!("-{}\r\n", err::MAX_CLIENTS)
+    }
+
+    fn admitted(&self, peer: SocketAddr) {
+        if self.verbose {
+            eprintln!("pmem-redis: connection from {peer}");
         }
-        if rbuf.len() > QUERY_BUFFER_MAX {
-            // Like Redis' client-query-buffer-limit: drop the client.
-            return false;
-        }
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(16 * 1024);
-        }
-        tokio::select! {
-            r = sock.read_buf(&mut rbuf) => match r {
-                Ok(0) | Err(_) => return false,
-                Ok(_) => {}
-            },
-            _ = stop.changed() => return false,
-        }
-        let (used, flow) = exec::process(db, info, &mut session, &rbuf, &mut out);
-        rbuf.drain(..used);
-        if !out.is_empty() {
-            if sock.write_all(&out).await.is_err() {
-                return false;
-            }
-            if out.capacity() > 4 * 1024 * 1024 {
-                out = Vec::with_capacity(16 * 1024);
-            } else {
-                out.clear();
-            }
-        }
-        if rbuf.is_empty() && rbuf.capacity() > 4 * 1024 * 1024 {
-            rbuf = Vec::with_capacity(16 * 1024);
-        }
-        match flow {
-            Flow::Continue => {}
-            Flow::Close => {
-                let _ = sock.shutdown().await;
-                return false;
-            }
-            Flow::Shutdown => {
-                let _ = sock.shutdown().await;
-                return true;
-            }
-        }
+    }
+
+    fn verbose(&self) -> bool {
+        self.verbose
+    }
+
+    fn tick(&self) {
+        let n = self.db.expire_sweep(unix_ms(), SWEEP_BUDGET);
+        self.info.expired_keys.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn shutdown(&self) {
+        self.db.shutdown();
     }
 }

@@ -4,10 +4,13 @@
 
 pub mod resp;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,22 +45,11 @@ impl Server {
 
     /// A server with exactly these options on `port`; waits (bounded) for its "ready" line.
     pub fn launch_on(port: u16, args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["-l", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pmem-memcached");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
+        let (child, log) = spawn_logged(
+            Command::new(BIN)
+                .args(["-l", "127.0.0.1", "-p", &port.to_string()])
+                .args(args),
+        );
         let mut s = Server { child, port, log };
         wait_ready(&mut s.child, &s.log);
         s
@@ -65,9 +57,7 @@ impl Server {
 
     /// A raw connection (10 s read timeout).
     pub fn connect(&self) -> TcpStream {
-        let c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c
+        connect(self.port)
     }
 
     /// The "ready" log line.
@@ -86,25 +76,12 @@ impl Server {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's PID; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0);
+        signal(&self.child, sig);
     }
 
     /// Waits (bounded) for the exit status.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server did not exit: {:?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_exit(&mut self.child, &self.log, Duration::from_secs(60))
     }
 
     /// kill -9 and reap.
@@ -116,9 +93,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill9();
-        }
+        kill_if_running(&mut self.child);
     }
 }
 
@@ -294,4 +269,196 @@ pub fn wait_ready(child: &mut Child, log: &Mutex<Vec<String>>) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A raw connection to a loopback port (10 s read timeout).
+pub fn connect(port: u16) -> TcpStream {
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c
+}
+
+/// Sends `req` and reads until the reply ends with `end`.
+pub fn call(c: &mut TcpStream, req: &[u8], end: &[u8]) -> Vec<u8> {
+    c.write_all(req).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.ends_with(end) {
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+// ---- server processes (pmem-memcached and pmem-redis)
+
+/// Spawns `cmd` (stdin and stdout null) and collects its stderr lines in the returned log.
+pub fn spawn_logged(cmd: &mut Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            l2.lock().unwrap().push(line);
+        }
+    });
+    (child, log)
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's PID; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0);
+}
+
+/// Waits (bounded by `limit`) for a server's exit status; panics with its log on timeout.
+pub fn wait_exit(child: &mut Child, log: &Mutex<Vec<String>>, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "server did not exit: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// kill -9 and reap, if the process still runs (for `Drop`).
+pub fn kill_if_running(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Runs `bin` with `args`, which must fail with a message containing `want` (and no panic).
+pub fn bad_options(bin: &str, args: &[&str], want: &str) {
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(err.contains(want), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+/// Spawns `cmd`, a tool of the Debian package `package`; None if it is not installed and CI
+/// is unset (CI set: a missing tool fails the test).
+pub fn spawn_tool(cmd: &mut Command, package: &str) -> Option<Child> {
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    match cmd.spawn() {
+        Ok(c) => Some(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var_os("CI").is_some() {
+                panic!("{tool} is not installed ({package}); required when CI is set");
+            }
+            eprintln!("skipping: {tool} is not installed (apt-get install {package})");
+            None
+        }
+        Err(e) => panic!("cannot run {tool}: {e}"),
+    }
+}
+
+/// Runs a tool of the Debian package `package` with a time limit; None if it is not installed
+/// and CI is unset (CI set: a missing tool fails the test). Returns (status, stdout, stderr).
+pub fn run_tool_from(
+    package: &str,
+    tool: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> Option<(ExitStatus, String, String)> {
+    let mut child = spawn_tool(
+        Command::new(tool)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        package,
+    )?;
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        si.write_all(input).unwrap();
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{tool} {args:?} timed out");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+    Some((status, out, err))
+}
+
+/// Starts the writer threads of a kill loop: writer `w` (of `writers`) runs `write(w, rng,
+/// stop)` with its own generator, seeded from `rng` in writer order, and returns how many
+/// commands it sent. [`stop_writers`] stops them.
+pub fn spawn_writers<F>(
+    writers: u64,
+    rng: &mut StdRng,
+    stop: &Arc<AtomicBool>,
+    write: F,
+) -> Vec<std::thread::JoinHandle<u64>>
+where
+    F: Fn(u64, &mut StdRng, &AtomicBool) -> u64 + Clone + Send + 'static,
+{
+    (0..writers)
+        .map(|w| {
+            let (stop, write) = (stop.clone(), write.clone());
+            let seed = rng.gen::<u64>();
+            std::thread::spawn(move || write(w, &mut StdRng::seed_from_u64(seed), &stop))
+        })
+        .collect()
+}
+
+/// Stops the writer threads of a kill loop (after the kill) and returns the most commands one
+/// of them sent, so that the next iteration's versions start above all of theirs.
+pub fn stop_writers(stop: &AtomicBool, writers: Vec<std::thread::JoinHandle<u64>>) -> u64 {
+    stop.store(true, Ordering::Relaxed);
+    let mut most = 0;
+    for h in writers {
+        most = most.max(h.join().unwrap());
+    }
+    most
 }

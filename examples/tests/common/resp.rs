@@ -5,12 +5,12 @@ use pmem_examples::resp::db::{Db, DbResult, Expiry, SetCond};
 use pmem_examples::resp::exec::{self, Flow, ServerInfo, Session};
 use pmem_examples::resp::memdb::MemDb;
 use pmem_examples::resp::pdb::PmemDb;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const REDIS_BIN: &str = env!("CARGO_BIN_EXE_pmem-redis");
 
@@ -46,6 +46,14 @@ impl Backend {
         s._dir = Some(dir);
         Some(s)
     }
+}
+
+/// A `pmem-redis` process with `extra` options on each backend the binary can select.
+pub fn servers(extra: &[&str]) -> Vec<(&'static str, RedisServer)> {
+    backends()
+        .into_iter()
+        .filter_map(|b| Some((b.name, b.server(extra)?)))
+        .collect()
 }
 
 /// Every backend the generic tests run against. A new backend is one more entry here.
@@ -236,22 +244,11 @@ impl RedisServer {
     /// A server with these options on a free port; waits (bounded) for its "ready" line.
     pub fn launch(args: &[&str]) -> RedisServer {
         let port = super::free_port();
-        let mut child = Command::new(REDIS_BIN)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pmem-redis");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
+        let (child, log) = super::spawn_logged(
+            Command::new(REDIS_BIN)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(args),
+        );
         let mut s = RedisServer {
             child,
             port,
@@ -267,34 +264,18 @@ impl RedisServer {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's PID; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0);
+        super::signal(&self.child, sig);
     }
 
     /// Waits (bounded) for the exit status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "server did not exit: {:?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        super::wait_exit(&mut self.child, &self.log, Duration::from_secs(30))
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        super::kill_if_running(&mut self.child);
     }
 }
 
@@ -379,66 +360,16 @@ impl RespClient {
     }
 }
 
-/// Runs a tool (redis-cli, redis-benchmark) with a time limit; None if it is not installed
-/// and CI is unset (CI set: a missing tool fails the test). Returns (success, stdout, stderr).
+/// Runs a tool of redis-tools (redis-cli, redis-benchmark) with a time limit; see
+/// [`super::run_tool_from`].
 pub fn run_tool(
     tool: &str,
     args: &[&str],
     stdin: Option<&[u8]>,
     limit: Duration,
 ) -> Option<(bool, String, String)> {
-    let spawned = Command::new(tool)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::env::var_os("CI").is_some() {
-                panic!("{tool} is not installed (redis-tools); required when CI is set");
-            }
-            eprintln!("skipping: {tool} is not installed (apt-get install redis-tools)");
-            return None;
-        }
-        Err(e) => panic!("cannot run {tool}: {e}"),
-    };
-    if let Some(input) = stdin {
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(input).unwrap();
-    }
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stderr.read_to_end(&mut s);
-        s
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{tool} {args:?} timed out");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let out = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
-    let err = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
-    Some((status.success(), out, err))
+    super::run_tool_from("redis-tools", tool, args, stdin, limit)
+        .map(|(status, out, err)| (status.success(), out, err))
 }
 
 /// A backend that implements only the required methods of [`Db`] (delegating to [`MemDb`]),
