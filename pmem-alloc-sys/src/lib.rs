@@ -381,12 +381,14 @@ unsafe fn pool_ref<'a>(pool: *const pma_pool) -> Option<&'a pma_pool> {
     p
 }
 
-fn addr_of(p: &pma_pool, r: Result<PPtr<u8>, PoolError>) -> *mut c_void {
+/// The address of the block `r` names, or NULL with `errno = ENOMEM` and the error recorded by
+/// `record` ([`pool_fail`] or [`tx_fail`]).
+fn addr_of<E>(p: &pma_pool, r: Result<PPtr<u8>, E>, record: fn(E) -> c_int) -> *mut c_void {
     match r {
         Ok(pp) => p.pool.get(pp).map_or(null_mut(), |a| a.cast()),
         Err(e) => {
             set_errno(libc::ENOMEM);
-            pool_fail(e);
+            record(e);
             null_mut()
         }
     }
@@ -405,7 +407,7 @@ pub unsafe extern "C" fn pma_malloc(pool: *mut pma_pool, size: usize) -> *mut c_
         let Some(p) = (unsafe { pool_ref(pool) }) else {
             return null_mut();
         };
-        addr_of(p, p.pool.alloc(size.max(1)))
+        addr_of(p, p.pool.alloc(size.max(1)), pool_fail)
     })
 }
 
@@ -426,7 +428,7 @@ pub unsafe extern "C" fn pma_calloc(pool: *mut pma_pool, n: usize, size: usize) 
             fail(PMA_ERR_INVALID, "calloc size overflows");
             return null_mut();
         };
-        addr_of(p, p.pool.alloc_zeroed_bytes(total.max(1)))
+        addr_of(p, p.pool.alloc_zeroed_bytes(total.max(1)), pool_fail)
     })
 }
 
@@ -451,7 +453,11 @@ pub unsafe extern "C" fn pma_aligned_alloc(
             fail(PMA_ERR_INVALID, "alignment is not a power of two");
             return null_mut();
         }
-        addr_of(p, p.pool.alloc_aligned(size.max(1), align.max(16)))
+        addr_of(
+            p,
+            p.pool.alloc_aligned(size.max(1), align.max(16)),
+            pool_fail,
+        )
     })
 }
 
@@ -505,7 +511,7 @@ pub unsafe extern "C" fn pma_realloc(
             return null_mut();
         }
         // SAFETY: a live block of this pool, or null (caller's contract).
-        addr_of(p, unsafe { p.pool.realloc(pp, size.max(1)) })
+        addr_of(p, unsafe { p.pool.realloc(pp, size.max(1)) }, pool_fail)
     })
 }
 
@@ -1062,14 +1068,7 @@ pub unsafe extern "C" fn pma_tx_malloc(tx: *mut pma_tx, size: usize) -> *mut c_v
             fail(PMA_ERR_INVALID, "transaction is NULL");
             return null_mut();
         };
-        match t.alloc_zeroed_bytes(size.max(1)) {
-            Ok(pp) => p.pool.get(pp).map_or(null_mut(), |a| a.cast()),
-            Err(e) => {
-                set_errno(libc::ENOMEM);
-                tx_fail(e);
-                null_mut()
-            }
-        }
+        addr_of(p, t.alloc_zeroed_bytes(size.max(1)), tx_fail)
     })
 }
 

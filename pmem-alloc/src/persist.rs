@@ -250,17 +250,78 @@ impl Persist for Hardware {
     }
 
     unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.store_nodrain(dst, len, Store::Copy(src)) }
+    }
+
+    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.store_nodrain(dst, len, Store::Set(byte)) }
+    }
+
+    fn is_durable(&self) -> bool {
+        self.method != FlushMethod::None
+    }
+}
+
+/// What [`Hardware::store_nodrain`] writes: a copy of `len` bytes from a source, or `len`
+/// copies of a byte.
+#[derive(Clone, Copy)]
+enum Store {
+    Copy(*const u8),
+    Set(u8),
+}
+
+impl Store {
+    /// Writes `len` bytes at `dst` with ordinary stores.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes; for [`Store::Copy`] the source must be
+    /// valid for reads of `len` bytes and not overlap `dst`.
+    #[inline(always)]
+    unsafe fn write(self, dst: *mut u8, len: usize) {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Store::Copy(src) => unsafe { std::ptr::copy_nonoverlapping(src, dst, len) },
+            // SAFETY: forwarded from the caller.
+            Store::Set(byte) => unsafe { std::ptr::write_bytes(dst, byte, len) },
+        }
+    }
+
+    /// Writes `len` bytes at `dst` with non-temporal stores (see [`flush::memcpy_nt`]).
+    ///
+    /// # Safety
+    /// As [`Store::write`], and `method` must be supported by the CPU.
+    #[inline(always)]
+    unsafe fn write_nt(self, method: FlushMethod, dst: *mut u8, len: usize) {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Store::Copy(src) => unsafe { flush::memcpy_nt(method, dst, src, len) },
+            // SAFETY: forwarded from the caller.
+            Store::Set(byte) => unsafe { flush::memset_nt(method, dst, byte, len) },
+        }
+    }
+}
+
+impl Hardware {
+    /// `memcpy_nodrain` and `memset_nodrain`: writes `what` at `dst` and flushes it (non-temporal
+    /// stores from the threshold on), without the final drain.
+    ///
+    /// # Safety
+    /// As [`Store::write`].
+    #[inline(always)]
+    unsafe fn store_nodrain(&self, dst: *mut u8, len: usize, what: Store) {
         match self.method {
             FlushMethod::Msync | FlushMethod::None => {
                 // SAFETY: forwarded from the caller.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(src, dst, len);
+                    what.write(dst, len);
                     self.flush(dst, len);
                 }
             }
             m if len >= movnt_threshold() => {
                 // SAFETY: forwarded from the caller; `m` is supported (see `new`).
-                unsafe { flush::memcpy_nt(m, dst, src, len) };
+                unsafe { what.write_nt(m, dst, len) };
                 if m == FlushMethod::Clflush {
                     // `drain` is no fence under clflush, but non-temporal stores need one
                     flush::sfence();
@@ -269,41 +330,11 @@ impl Persist for Hardware {
             m => {
                 // SAFETY: forwarded from the caller.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(src, dst, len);
+                    what.write(dst, len);
                     flush::flush_lines(m, dst, len);
                 }
             }
         }
-    }
-
-    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
-        match self.method {
-            FlushMethod::Msync | FlushMethod::None => {
-                // SAFETY: forwarded from the caller.
-                unsafe {
-                    std::ptr::write_bytes(dst, byte, len);
-                    self.flush(dst, len);
-                }
-            }
-            m if len >= movnt_threshold() => {
-                // SAFETY: forwarded from the caller.
-                unsafe { flush::memset_nt(m, dst, byte, len) };
-                if m == FlushMethod::Clflush {
-                    flush::sfence();
-                }
-            }
-            m => {
-                // SAFETY: forwarded from the caller.
-                unsafe {
-                    std::ptr::write_bytes(dst, byte, len);
-                    flush::flush_lines(m, dst, len);
-                }
-            }
-        }
-    }
-
-    fn is_durable(&self) -> bool {
-        self.method != FlushMethod::None
     }
 }
 
@@ -431,48 +462,31 @@ impl Persist for NoPersist {
     }
 }
 
-impl<P: Persist + ?Sized> Persist for &P {
-    #[inline]
-    unsafe fn flush(&self, addr: *const u8, len: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (**self).flush(addr, len) }
-    }
-    #[inline]
-    fn drain(&self) {
-        (**self).drain()
-    }
-    unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (**self).memcpy_nodrain(dst, src, len) }
-    }
-    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (**self).memset_nodrain(dst, byte, len) }
-    }
-    fn is_durable(&self) -> bool {
-        (**self).is_durable()
-    }
+/// `Persist` for pointers to a policy: every call goes to the policy pointed to.
+macro_rules! forward_persist {
+    ($($ptr:ty),*) => { $(
+        impl<P: Persist + ?Sized> Persist for $ptr {
+            #[inline]
+            unsafe fn flush(&self, addr: *const u8, len: usize) {
+                // SAFETY: forwarded from the caller.
+                unsafe { (**self).flush(addr, len) }
+            }
+            #[inline]
+            fn drain(&self) {
+                (**self).drain()
+            }
+            unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
+                // SAFETY: forwarded from the caller.
+                unsafe { (**self).memcpy_nodrain(dst, src, len) }
+            }
+            unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
+                // SAFETY: forwarded from the caller.
+                unsafe { (**self).memset_nodrain(dst, byte, len) }
+            }
+            fn is_durable(&self) -> bool {
+                (**self).is_durable()
+            }
+        }
+    )* };
 }
-
-impl<P: Persist + ?Sized> Persist for std::sync::Arc<P> {
-    #[inline]
-    unsafe fn flush(&self, addr: *const u8, len: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (**self).flush(addr, len) }
-    }
-    #[inline]
-    fn drain(&self) {
-        (**self).drain()
-    }
-    unsafe fn memcpy_nodrain(&self, dst: *mut u8, src: *const u8, len: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (**self).memcpy_nodrain(dst, src, len) }
-    }
-    unsafe fn memset_nodrain(&self, dst: *mut u8, byte: u8, len: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (**self).memset_nodrain(dst, byte, len) }
-    }
-    fn is_durable(&self) -> bool {
-        (**self).is_durable()
-    }
-}
+forward_persist!(&P, std::sync::Arc<P>);

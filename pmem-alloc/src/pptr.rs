@@ -42,23 +42,17 @@ macro_rules! psafe {
         unsafe impl PSafe for $t {}
     )* };
 }
-psafe!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    ()
-);
+
+/// Calls the macro `$m` with the plain types: integers, floats and `()` (every bit pattern
+/// valid, no pointer). One list for [`PSafe`] and [`PFree`](crate::collections::PFree).
+macro_rules! with_plain_types {
+    ($m:ident) => {
+        $m! { u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, () }
+    };
+}
+pub(crate) use with_plain_types;
+
+with_plain_types!(psafe);
 psafe!(
     std::sync::atomic::AtomicU8,
     std::sync::atomic::AtomicU16,

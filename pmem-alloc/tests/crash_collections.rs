@@ -12,10 +12,13 @@
 //! collections own (no leaked uncommitted block, no stale pointer keeping a freed one), and
 //! the pool must keep working.
 
+mod common;
+
+use common::Run;
 use pmem_alloc::collections::{PBytes, PDeque, PHashMap, POrdMap, PVec};
 use pmem_alloc::pool::Pool;
 use pmem_alloc::pptr::PSafe;
-use pmem_alloc::sim::{CrashImage, Evictions, Recording, SimMedia};
+use pmem_alloc::sim::{CrashImage, Evictions, SimMedia};
 use pmem_alloc::tx::{Tx, TxError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -223,14 +226,7 @@ fn op<P: pmem_alloc::Persist + 'static>(
     Ok(())
 }
 
-struct Run {
-    rec: Recording,
-    /// Fences completed after each attempt, and the state after it.
-    after: Vec<(usize, State)>,
-    initial: State,
-}
-
-fn workload(seed: u64, attempts: usize) -> Run {
+fn workload(seed: u64, attempts: usize) -> Run<State> {
     let media = Arc::new(SimMedia::new(POOL));
     let pool = Pool::create_sim(media.clone()).unwrap();
     let root = pool.root::<Root>().unwrap();
@@ -309,24 +305,12 @@ fn diff(a: &State, b: &State) -> Vec<String> {
     out
 }
 
-fn check(run: &Run, img: &CrashImage<'_>) -> Result<(), String> {
-    let media = Arc::new(SimMedia::from_image_strict(img.bytes));
-    let mut pool = Pool::open_sim(media).map_err(|e| format!("open: {e}"))?;
+fn check(run: &Run<State>, img: &CrashImage<'_>) -> Result<(), String> {
+    let mut pool = common::open_image(img.bytes)?;
     let rep = pool.open_report();
     let st = read_state(&pool)?;
-    let done = run
-        .after
-        .iter()
-        .take_while(|(f, _)| *f <= img.crash_point)
-        .count();
-    let prev = if done == 0 {
-        &run.initial
-    } else {
-        &run.after[done - 1].1
-    };
-    let ok = st == *prev || run.after.get(done).is_some_and(|(_, s)| st == *s);
-    if !ok {
-        let next = run.after.get(done).map(|(_, s)| diff(&st, s));
+    if let Err((done, prev, next)) = run.check_state(img.crash_point, &st) {
+        let next = next.map(|s| diff(&st, s));
         return Err(format!(
             "after {done} transactions: found txn {}, expected txn {}: differs from before in {:?}, from after in {:?}",
             st.txn,
@@ -365,14 +349,7 @@ fn check(run: &Run, img: &CrashImage<'_>) -> Result<(), String> {
 
 fn sweep(seed: u64, attempts: usize, ev: Evictions) -> (usize, usize) {
     let run = workload(seed, attempts);
-    let r = run.rec.sweep(ev, |img| check(&run, img));
-    for f in r.failures.iter().take(5) {
-        eprintln!(
-            "seed {seed} crash point {} variant {}: {}",
-            f.crash_point, f.variant, f.message
-        );
-    }
-    (r.checked, r.failures.len())
+    common::tally(seed, &run.rec.sweep(ev, |img| check(&run, img)))
 }
 
 /// For every `cargo test` run: two seeds, strict and with a few eviction samples.
@@ -407,22 +384,7 @@ fn crash_sweep_collections_quick() {
 #[test]
 #[ignore = "heavy: run by tools/test-all.sh with --ignored --nocapture"]
 fn crash_sweep_collections_every_fence_point_strict_and_with_evictions() {
-    let mut checked = 0;
-    let mut failed = 0;
-    for seed in 1..=4 {
-        for ev in [
-            Evictions::None,
-            Evictions::Random {
-                seed: seed * 17,
-                samples: 8,
-            },
-        ] {
-            let (c, f) = sweep(seed, 500, ev);
-            checked += c;
-            failed += f;
-        }
-    }
-    println!("collections crash sweep: {checked} crash images checked, {failed} failures");
-    assert_eq!(failed, 0);
-    assert!(checked >= 30_000, "only {checked} crash images");
+    common::heavy_sweep("collections crash sweep", 17, 8, 30_000, |seed, ev| {
+        sweep(seed, 500, ev)
+    });
 }

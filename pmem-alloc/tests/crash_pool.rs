@@ -8,6 +8,9 @@
 //! count exactly the reachable blocks as allocated (no persistent leak, nothing reachable lost),
 //! and never hand out a reachable block again.
 
+mod common;
+
+use common::{Node, HDR};
 use pmem_alloc::pool::Pool;
 use pmem_alloc::pptr::{PPtr, PSafe};
 use pmem_alloc::sim::{CrashImage, Evictions, SimMedia};
@@ -24,19 +27,6 @@ struct Root {
 }
 // SAFETY: repr(C), PSafe fields.
 unsafe impl PSafe for Root {}
-
-/// Node header; `len` payload bytes follow.
-#[repr(C)]
-struct Node {
-    next: PPtr<Node>,
-    id: u64,
-    len: u64,
-    sum: u64,
-}
-// SAFETY: repr(C), PSafe fields.
-unsafe impl PSafe for Node {}
-
-const HDR: usize = std::mem::size_of::<Node>();
 
 fn payload_byte(id: u64, i: usize) -> u8 {
     (id as usize * 131 + i * 7) as u8 ^ 0x5c
@@ -108,8 +98,7 @@ fn workload(seed: u64, ops: usize) -> (pmem_alloc::sim::Recording, usize) {
 }
 
 fn check_image(img: &CrashImage<'_>) -> Result<(), String> {
-    let media = Arc::new(SimMedia::from_image_strict(img.bytes));
-    let mut pool = Pool::open_sim(media).map_err(|e| format!("open: {e}"))?;
+    let mut pool = common::open_image(img.bytes)?;
     let rep = pool.open_report();
     if !rep.recovered {
         return Err("an abandoned pool opened without recovery".into());
@@ -169,39 +158,15 @@ fn check_image(img: &CrashImage<'_>) -> Result<(), String> {
 
 fn sweep(seed: u64, ops: usize, ev: Evictions) -> (usize, usize) {
     let (rec, _) = workload(seed, ops);
-    let r = rec.sweep(ev, check_image);
-    for f in r.failures.iter().take(5) {
-        eprintln!(
-            "seed {seed} crash point {} variant {}: {}",
-            f.crash_point, f.variant, f.message
-        );
-    }
-    (r.checked, r.failures.len())
+    common::tally(seed, &rec.sweep(ev, check_image))
 }
 
 #[test]
 #[ignore = "heavy (~30 s): run by tools/test-all.sh with --ignored --nocapture"]
 fn crash_sweep_every_fence_point_strict_and_with_evictions() {
-    let mut checked = 0;
-    let mut failed = 0;
-    for seed in 1..=4 {
-        let (c, f) = sweep(seed, 120, Evictions::None);
-        checked += c;
-        failed += f;
-        let (c, f) = sweep(
-            seed,
-            120,
-            Evictions::Random {
-                seed: seed * 77,
-                samples: 10,
-            },
-        );
-        checked += c;
-        failed += f;
-    }
-    println!("crash sweep: {checked} crash images checked, {failed} failures");
-    assert_eq!(failed, 0);
-    assert!(checked >= 10_000, "only {checked} crash images");
+    common::heavy_sweep("crash sweep", 77, 10, 10_000, |seed, ev| {
+        sweep(seed, 120, ev)
+    });
 }
 
 /// A quick version for every `cargo test` run: one seed, no evictions.

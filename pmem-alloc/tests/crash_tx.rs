@@ -11,9 +11,12 @@
 //! to the constant, the checker must pass, and the allocated blocks must be exactly the
 //! reachable ones plus the transaction lanes.
 
+mod common;
+
+use common::{Run, SimPool};
 use pmem_alloc::pool::Pool;
 use pmem_alloc::pptr::{PPtr, PSafe};
-use pmem_alloc::sim::{CrashImage, Evictions, Recording, SimMedia};
+use pmem_alloc::sim::{CrashImage, Evictions, SimMedia};
 use pmem_alloc::tx::TxError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -97,18 +100,9 @@ fn read_state<P: pmem_alloc::Persist + 'static>(pool: &Pool<P>) -> Result<State,
     }
 }
 
-struct Run {
-    rec: Recording,
-    /// Fences completed after each attempt, and the state after it.
-    after: Vec<(usize, State)>,
-    initial: State,
-}
-
-fn workload(seed: u64, attempts: usize) -> Run {
-    let media = Arc::new(SimMedia::new(POOL));
-    let pool = Pool::create_sim(media.clone()).unwrap();
+/// The root, after the setup (not swept): counter blocks, the blob, the lanes.
+fn setup(pool: &SimPool) -> PPtr<Root> {
     let root = pool.root::<Root>().unwrap();
-    // setup (not swept): counter blocks, the blob, the lanes
     pool.transaction(|tx| {
         let r = tx.get_mut(root)?;
         for c in r.counters.iter_mut() {
@@ -118,6 +112,13 @@ fn workload(seed: u64, attempts: usize) -> Run {
         Ok::<_, TxError>(())
     })
     .unwrap();
+    root
+}
+
+fn workload(seed: u64, attempts: usize) -> Run<State> {
+    let media = Arc::new(SimMedia::new(POOL));
+    let pool = Pool::create_sim(media.clone()).unwrap();
+    let root = setup(&pool);
     let initial = read_state(&pool).unwrap();
     media.reset_recording();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -209,23 +210,11 @@ fn workload(seed: u64, attempts: usize) -> Run {
     }
 }
 
-fn check(run: &Run, img: &CrashImage<'_>) -> Result<(), String> {
-    let media = Arc::new(SimMedia::from_image_strict(img.bytes));
-    let mut pool = Pool::open_sim(media).map_err(|e| format!("open: {e}"))?;
+fn check(run: &Run<State>, img: &CrashImage<'_>) -> Result<(), String> {
+    let mut pool = common::open_image(img.bytes)?;
     let rep = pool.open_report();
     let st = read_state(&pool)?;
-    let done = run
-        .after
-        .iter()
-        .take_while(|(f, _)| *f <= img.crash_point)
-        .count();
-    let prev = if done == 0 {
-        &run.initial
-    } else {
-        &run.after[done - 1].1
-    };
-    let ok = st == *prev || run.after.get(done).is_some_and(|(_, s)| st == *s);
-    if !ok {
+    if let Err((done, prev, _)) = run.check_state(img.crash_point, &st) {
         return Err(format!(
             "after {done} transactions: found txn {} counters {:?} list {:?} blob {}, expected txn {} (or the next)",
             st.txn, st.counters, st.list, st.blob, prev.txn
@@ -262,14 +251,7 @@ fn check(run: &Run, img: &CrashImage<'_>) -> Result<(), String> {
 
 fn sweep(seed: u64, attempts: usize, ev: Evictions) -> (usize, usize) {
     let run = workload(seed, attempts);
-    let r = run.rec.sweep(ev, |img| check(&run, img));
-    for f in r.failures.iter().take(5) {
-        eprintln!(
-            "seed {seed} crash point {} variant {}: {}",
-            f.crash_point, f.variant, f.message
-        );
-    }
-    (r.checked, r.failures.len())
+    common::tally(seed, &run.rec.sweep(ev, |img| check(&run, img)))
 }
 
 /// For every `cargo test` run: one seed, strict and with a few eviction samples.
@@ -296,24 +278,9 @@ fn crash_sweep_tx_quick() {
 #[test]
 #[ignore = "heavy: run by tools/test-all.sh with --ignored --nocapture"]
 fn crash_sweep_tx_every_fence_point_strict_and_with_evictions() {
-    let mut checked = 0;
-    let mut failed = 0;
-    for seed in 1..=4 {
-        for ev in [
-            Evictions::None,
-            Evictions::Random {
-                seed: seed * 31,
-                samples: 10,
-            },
-        ] {
-            let (c, f) = sweep(seed, 150, ev);
-            checked += c;
-            failed += f;
-        }
-    }
-    println!("tx crash sweep: {checked} crash images checked, {failed} failures");
-    assert_eq!(failed, 0);
-    assert!(checked >= 10_000, "only {checked} crash images");
+    common::heavy_sweep("tx crash sweep", 31, 10, 10_000, |seed, ev| {
+        sweep(seed, 150, ev)
+    });
 }
 
 /// A crash during the rollback that an open performs (every fence of the recovering open, with
@@ -322,16 +289,7 @@ fn crash_sweep_tx_every_fence_point_strict_and_with_evictions() {
 fn crash_during_rollback_at_open() {
     let media = Arc::new(SimMedia::new_strict(POOL));
     let pool = Pool::create_sim(media.clone()).unwrap();
-    let root = pool.root::<Root>().unwrap();
-    pool.transaction(|tx| {
-        let r = tx.get_mut(root)?;
-        for c in r.counters.iter_mut() {
-            *c = tx.alloc([1000u64; PER])?;
-        }
-        r.blob = tx.alloc([0u8; BLOB])?;
-        Ok::<_, TxError>(())
-    })
-    .unwrap();
+    let root = setup(&pool);
     let before = read_state(&pool).unwrap();
     // an uncommitted transaction whose modifications all reached the media
     let mut mid = Vec::new();
@@ -367,8 +325,7 @@ fn crash_during_rollback_at_open() {
             samples: 20,
         },
         |img| {
-            let media = Arc::new(SimMedia::from_image_strict(img.bytes));
-            let mut pool = Pool::open_sim(media).map_err(|e| format!("open: {e}"))?;
+            let mut pool = common::open_image(img.bytes)?;
             let st = read_state(&pool)?;
             if st != before {
                 return Err(format!("found txn {}, counters {:?}", st.txn, st.counters));
@@ -377,12 +334,7 @@ fn crash_during_rollback_at_open() {
             Ok(())
         },
     );
-    for f in r.failures.iter().take(5) {
-        eprintln!(
-            "crash point {} variant {}: {}",
-            f.crash_point, f.variant, f.message
-        );
-    }
+    common::print_failures("", &r);
     println!(
         "crash during rollback: {} images over {} crash points, {} failures",
         r.checked,

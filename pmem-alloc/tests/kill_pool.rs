@@ -3,6 +3,9 @@
 //! instant. The parent reopens the pool, verifies every reachable node and runs the checker.
 //! Repeated `PMA_KILLS` times (default 200).
 
+mod common;
+
+use common::{Node, HDR};
 use pmem_alloc::pool::{Pool, PoolOptions};
 use pmem_alloc::pptr::{PPtr, PSafe};
 use rand::{Rng, SeedableRng};
@@ -17,17 +20,6 @@ struct Root {
 }
 // SAFETY: repr(C), PSafe fields.
 unsafe impl PSafe for Root {}
-
-#[repr(C)]
-struct Node {
-    next: PPtr<Node>,
-    id: u64,
-    len: u64,
-    sum: u64,
-}
-// SAFETY: repr(C), PSafe fields.
-unsafe impl PSafe for Node {}
-const HDR: usize = std::mem::size_of::<Node>();
 
 fn sum(id: u64, len: u64) -> u64 {
     id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len ^ 0x1234_5678

@@ -105,17 +105,7 @@ impl<K: PSafe, V: PSafe> std::fmt::Debug for PHashMap<K, V> {
     }
 }
 
-impl<K: PSafe, V: PSafe> Default for PHashMap<K, V> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<K: PKey, V: PFree> PFree for PHashMap<K, V> {
-    fn free_in<P: Persist + 'static>(mut self, tx: &Tx<'_, P>) -> Result<(), TxError> {
-        self.clear(tx)
-    }
-}
+map_default_and_free!(PHashMap);
 
 /// A found entry: the link word naming it (bucket or predecessor's `next`), and the node.
 struct Found<K, V> {

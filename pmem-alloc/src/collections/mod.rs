@@ -107,6 +107,29 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// `Default` (the empty map) and `PFree` (frees every entry and the tables or nodes, as
+/// `clear`) for a map type `$map<K, V>` with `new` and `clear`.
+macro_rules! map_default_and_free {
+    ($map:ident) => {
+        impl<K: $crate::pptr::PSafe, V: $crate::pptr::PSafe> Default for $map<K, V> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl<K: $crate::collections::PKey, V: $crate::collections::PFree> $crate::collections::PFree
+            for $map<K, V>
+        {
+            fn free_in<P: $crate::persist::Persist + 'static>(
+                mut self,
+                tx: &$crate::tx::Tx<'_, P>,
+            ) -> Result<(), $crate::tx::TxError> {
+                self.clear(tx)
+            }
+        }
+    };
+}
+
 mod bytes;
 mod deque;
 mod hashmap;
@@ -171,23 +194,7 @@ pub trait PFree: PSafe {
 macro_rules! pfree_plain {
     ($($t:ty),*) => { $( impl PFree for $t { const MAY_HOLD_PPTR: bool = false; } )* };
 }
-pfree_plain!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    ()
-);
+crate::pptr::with_plain_types!(pfree_plain);
 impl<T: ?Sized + 'static> PFree for PPtr<T> {}
 impl<T: PFree, const N: usize> PFree for [T; N] {
     const MAY_HOLD_PPTR: bool = T::MAY_HOLD_PPTR;
@@ -362,6 +369,15 @@ pub(crate) fn elems<T, P: Persist + 'static>(
     Ok(a.cast())
 }
 
+/// The bytes of elements `from..to` (`from <= to`) of the buffer at `p`: address and length.
+fn elem_bytes<T>(p: PPtr<T>, from: usize, to: usize) -> (PPtr<u8>, usize) {
+    let sz = std::mem::size_of::<T>();
+    (
+        p.cast::<u8>().byte_add((from * sz) as u64),
+        (to - from) * sz,
+    )
+}
+
 /// Saves elements `from..to` of the buffer at `p` (one fence; nothing for an empty range).
 pub(crate) fn save_elems<T, P: Persist + 'static>(
     tx: &Tx<'_, P>,
@@ -372,11 +388,8 @@ pub(crate) fn save_elems<T, P: Persist + 'static>(
     if from >= to {
         return Ok(());
     }
-    let sz = std::mem::size_of::<T>();
-    tx.snapshot(
-        p.cast::<u8>().byte_add((from * sz) as u64),
-        (to - from) * sz,
-    )
+    let (at, len) = elem_bytes(p, from, to);
+    tx.snapshot(at, len)
 }
 
 /// Prepares elements `from..to` of the buffer at `p`, beyond the length (unused), for writing:
@@ -395,11 +408,8 @@ pub(crate) fn dirty_elems<T: PFree, P: Persist + 'static>(
     if T::MAY_HOLD_PPTR {
         return save_elems(tx, p, from, to);
     }
-    let sz = std::mem::size_of::<T>();
-    tx.prepare_unused(
-        p.cast::<u8>().byte_add((from * sz) as u64),
-        (to - from) * sz,
-    )
+    let (at, len) = elem_bytes(p, from, to);
+    tx.prepare_unused(at, len)
 }
 
 /// Allocates a zeroed buffer for `n` elements of `T` (at least one byte).
@@ -457,10 +467,8 @@ pub(crate) fn scrub<T, P: Persist + 'static>(
         unsafe { std::ptr::write_bytes(base.add(from), 0, to - from) };
     }
     // a later write to these slots in this transaction must save them (see `dirty_elems`)
-    tx.note_vacated(
-        buf.cast::<u8>().byte_add((from * sz) as u64),
-        (to - from) * sz,
-    )
+    let (at, len) = elem_bytes(buf, from, to);
+    tx.note_vacated(at, len)
 }
 
 /// A pointer to one stored `T` (a node), checked like [`elems`].

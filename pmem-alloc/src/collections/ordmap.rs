@@ -93,17 +93,7 @@ impl<K: PSafe, V: PSafe> std::fmt::Debug for POrdMap<K, V> {
     }
 }
 
-impl<K: PSafe, V: PSafe> Default for POrdMap<K, V> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<K: PKey, V: PFree> PFree for POrdMap<K, V> {
-    fn free_in<P: Persist + 'static>(mut self, tx: &Tx<'_, P>) -> Result<(), TxError> {
-        self.clear(tx)
-    }
-}
+map_default_and_free!(POrdMap);
 
 /// Size of the subtree at `p` (0 for null).
 fn size<K, V, P: Persist + 'static>(tx: &Tx<'_, P>, p: Link<K, V>) -> Result<u64, TxError> {
@@ -175,6 +165,21 @@ impl<K: PSafe, V: PSafe> POrdMap<K, V> {
         Ok((out, false))
     }
 
+    /// The node at `cur`, the `steps`-th (counted here) of a walk down from the root: a walk
+    /// longer than the map has entries meets a cycle ([`TxError::Corrupt`]).
+    fn step<P: Persist + 'static>(
+        &self,
+        tx: &Tx<'_, P>,
+        cur: Link<K, V>,
+        steps: &mut u64,
+    ) -> Result<*mut ONode<K, V>, TxError> {
+        *steps += 1;
+        if *steps > self.len {
+            return Err(TxError::Corrupt);
+        }
+        node(tx, cur)
+    }
+
     /// The node at which `dir` says Equal.
     fn find<P: Persist + 'static>(
         &self,
@@ -184,11 +189,7 @@ impl<K: PSafe, V: PSafe> POrdMap<K, V> {
         let mut cur = self.root;
         let mut steps = 0;
         while !cur.is_null() {
-            steps += 1;
-            if steps > self.len {
-                return Err(TxError::Corrupt);
-            }
-            let nd = node(tx, cur)?;
+            let nd = self.step(tx, cur, &mut steps)?;
             let d = dir(nd)?;
             // SAFETY: a checked node; link fields.
             let (l, r) = unsafe { ((*nd).left, (*nd).right) };
@@ -857,11 +858,7 @@ impl<K: PKey, V: PSafe> POrdMap<K, V> {
         let mut cur = self.root;
         let mut steps = 0;
         while !cur.is_null() {
-            steps += 1;
-            if steps > self.len {
-                return Err(TxError::Corrupt);
-            }
-            let nd = node(tx, cur)?;
+            let nd = self.step(tx, cur, &mut steps)?;
             // SAFETY: a checked node of this map.
             let (k, l, r) = unsafe { (&(*nd).key, (*nd).left, (*nd).right) };
             let include = match lo {
