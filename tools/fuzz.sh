@@ -1,7 +1,7 @@
 #!/bin/bash
 # fuzz.sh - build every fuzz target (fuzz/fuzz_targets/) and run each for a bounded time.
 #   tools/fuzz.sh [SECONDS_PER_TARGET]      default 20
-# Env: FUZZ_TARGETS="a b" runs only these; FUZZ_JOBS (default 1) is cargo's -j;
+# Env: FUZZ_TARGETS="a b" runs only these; FUZZ_JOBS sets cargo's -j (default: cargo's);
 # FUZZ_TARGET_DIR is the build directory (default fuzz/target).
 #
 # Uses `cargo +nightly fuzz run` when cargo-fuzz is installed; otherwise builds the targets the
@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
-jobs=${FUZZ_JOBS:-1}
+jobs=(${FUZZ_JOBS:+-j "$FUZZ_JOBS"})
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     echo "fuzz.sh: needs a nightly toolchain (rustup toolchain install nightly)" >&2
     exit 1
@@ -44,14 +44,14 @@ use_cargo_fuzz=0
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
     use_cargo_fuzz=1
     echo "=== fuzz: building the targets with cargo-fuzz"
-    (cd fuzz && cargo +nightly fuzz build -O -a -j "$jobs") || exit 1
+    (cd fuzz && cargo +nightly fuzz build -O -a "${jobs[@]}") || exit 1
 else
     echo "=== fuzz: building the targets (nightly, sanitizer coverage, ASan; no cargo-fuzz)"
     (cd fuzz && RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Zsanitizer=address \
 -Cdebug-assertions -Coverflow-checks" \
-        cargo +nightly build --release --target "$triple" -j "$jobs" --bins) || exit 1
+        cargo +nightly build --release --target "$triple" "${jobs[@]}" --bins) || exit 1
 fi
 echo "=== fuzz: built in $((SECONDS - t0)) s"
 
@@ -73,13 +73,16 @@ for t in "${targets[@]}"; do
             $(fuzz_opts "$t") -artifact_prefix="$artifacts/" >"$log" 2>&1
     fi
     rc=$?
-    runs=$(awk '/stat::number_of_executed_units:/ { n = $2 } END { print n + 0 }' "$log")
+    # the final statistics, or after a crash the last progress line ("#1234 ...")
+    runs=$(awk '/stat::number_of_executed_units:/ { n = $2; s = 1 }
+                /^#[0-9]+/ && !s { n = substr($1, 2) }
+                END { print n + 0 }' "$log")
     if [ "$rc" = 0 ]; then
         echo "fuzz $t: ok, $runs runs in $secs s (corpus: $(ls "$corpus" | wc -l) inputs)"
         pass=$((pass + 1))
     else
         echo "fuzz $t: FAILED (exit $rc) after $runs runs"
-        grep -E '^(==[0-9]+==ERROR|SUMMARY|thread .* panicked|Deadly signal)' "$log" | head -5
+        grep -E '^(==[0-9]+==ERROR|SUMMARY)' "$log" | head -3
         grep -A3 'panicked at' "$log" | head -8
         crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
         echo "fuzz $t: crashing input: ${crash:-(none written; see the log below)}"
