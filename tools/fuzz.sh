@@ -1,7 +1,7 @@
 #!/bin/bash
 # fuzz.sh - build every fuzz target (fuzz/fuzz_targets/) and run each for a bounded time.
 #   tools/fuzz.sh [SECONDS_PER_TARGET]      default 20
-# Env: FUZZ_TARGETS="a b" runs only these; FUZZ_JOBS sets cargo's -j (default: cargo's);
+# Env: FUZZ_TARGETS="a b" runs only these; FUZZ_JOBS sets cargo's build jobs;
 # FUZZ_TARGET_DIR is the build directory (default fuzz/target).
 #
 # Uses `cargo +nightly fuzz run` when cargo-fuzz is installed; otherwise builds the targets the
@@ -14,12 +14,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
-jobs=(${FUZZ_JOBS:+-j "$FUZZ_JOBS"})
+[ -n "${FUZZ_JOBS:-}" ] && export CARGO_BUILD_JOBS=$FUZZ_JOBS
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     echo "fuzz.sh: needs a nightly toolchain (rustup toolchain install nightly)" >&2
     exit 1
 fi
-root=$PWD
 triple=x86_64-unknown-linux-gnu
 # A target directory of its own: these flags rebuild everything.
 CARGO_TARGET_DIR=$(realpath -m "${FUZZ_TARGET_DIR:-fuzz/target}")
@@ -44,14 +43,15 @@ use_cargo_fuzz=0
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
     use_cargo_fuzz=1
     echo "=== fuzz: building the targets with cargo-fuzz"
-    (cd fuzz && cargo +nightly fuzz build -O -a "${jobs[@]}") || exit 1
+    # run from the repository root, where cargo-fuzz finds fuzz/
+    cargo +nightly fuzz build -O -a || exit 1
 else
     echo "=== fuzz: building the targets (nightly, sanitizer coverage, ASan; no cargo-fuzz)"
     (cd fuzz && RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Zsanitizer=address \
 -Cdebug-assertions -Coverflow-checks" \
-        cargo +nightly build --release --target "$triple" "${jobs[@]}" --bins) || exit 1
+        cargo +nightly build --release --target "$triple" --bins) || exit 1
 fi
 echo "=== fuzz: built in $((SECONDS - t0)) s"
 
@@ -66,8 +66,8 @@ for t in "${targets[@]}"; do
     log=$(mktemp /tmp/pmem-fuzz.XXXXXX.log)
     # shellcheck disable=SC2046
     if ((use_cargo_fuzz)); then
-        (cd fuzz && cargo +nightly fuzz run -O -a "$t" "../$corpus" "${seeds[@]/#/../}" -- \
-            $(fuzz_opts "$t") -artifact_prefix="$root/$artifacts/") >"$log" 2>&1
+        cargo +nightly fuzz run -O -a "$t" "$corpus" "${seeds[@]}" -- \
+            $(fuzz_opts "$t") -artifact_prefix="$artifacts/" >"$log" 2>&1
     else
         "$CARGO_TARGET_DIR/$triple/release/$t" "$corpus" "${seeds[@]}" \
             $(fuzz_opts "$t") -artifact_prefix="$artifacts/" >"$log" 2>&1
