@@ -4,7 +4,8 @@
 # Phases: formatting and clippy; the workspace tests (unit, integration, doc); the pmem-alloc
 # tests once per flush path (PMEM_ALLOC_FLUSH=clwb|clflushopt|clflush|msync|none); the tests
 # inside a QEMU guest with an emulated NVDIMM (real MAP_SYNC, devdax, power failure); the CSI
-# conformance suite in the guest (real ndctl, LVM) when present.
+# conformance suite in the guest (real ndctl, LVM) when present. With a nightly toolchain also
+# AddressSanitizer over the heap tests and a bounded fuzzing run (tools/fuzz.sh).
 # Env: SKIP_GUEST=1 skips the guest phases (they need qemu and ~1-3 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,13 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
         --test volatile_heap --test global_alloc --test kill_pool
 else
     echo "=== asan: skipped (no nightly toolchain on this machine)"
+fi
+# Coverage-guided fuzzing of the protocol parsers and of opening corrupted pools (fuzz/): every
+# target for 15 s: about 1 minute, 3 with a fresh build (nightly; skipped, and said so, without)
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    phase fuzz env FUZZ_TARGET_DIR=target/fuzz tools/fuzz.sh 15
+else
+    echo "=== fuzz: skipped (no nightly toolchain on this machine)"
 fi
 if [ "${SKIP_GUEST:-0}" != 1 ]; then
     [ -x tools/daxvm/guest-tests.sh ] && phase guest-dax tools/daxvm/guest-tests.sh
