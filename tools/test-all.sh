@@ -45,9 +45,10 @@ for m in clwb clflushopt clflush msync none; do
     phase "flush-$m" env PMEM_ALLOC_FLUSH=$m PMEM_ALLOC_FORCE_PMEM=1 cargo test -p pmem-alloc --locked "${path_tests[@]}"
 done
 phase "flush-default-page-cache" env -u PMEM_ALLOC_FORCE_PMEM cargo test -p pmem-alloc --locked "${path_tests[@]}"
-# Heavy suites, with their counts printed: crash sweep (>= 10,000 crash images), process kills
+# Heavy suites, with their counts printed: crash sweeps (>= 10,000 crash images each for pools
+# and transactions, >= 5,000 for staged writes), process kills
 # (200), corruption (10,000 cases).
-phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test crash_tx --test crash_collections --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
+phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test crash_tx --test crash_staged --test crash_collections --test kill_pool --test corrupt_pool -- --ignored --nocapture --test-threads=1
 # the RESP keyspace's larger crash sweep (thousands of images over every command kind)
 phase heavy-redis cargo test -p pmem-examples --release --locked --test resp_crash -- --ignored --nocapture
 # loom models of the cross-thread structures (the lock source compiled against loom atomics)

@@ -2,9 +2,10 @@
 //! pmem-alloc/tests/corrupt_pool.rs.
 //!
 //! Two base images are made once per process with the public API: a 1 MiB pool holding a list
-//! of 300 nodes, a few large blocks and a committed transaction, closed cleanly or abandoned (as
-//! after a crash). Input: one byte of options (bit 0: the abandoned image; bit 1: recompute the
-//! checksums of the pool header, both state slots, the zone header and the transaction lane area
+//! of 300 nodes, a few large blocks, a committed transaction and three staged writes, closed
+//! cleanly or abandoned (as after a crash: the staged records are still to be replayed). Input:
+//! one byte of options (bit 0: the abandoned image; bit 1: recompute the checksums of the pool
+//! header, both state slots, the zone header, the transaction lane area and the staged records
 //! after editing, so that the open gets past them and validates the contents), then edits of
 //! three bytes each: a little-endian offset into the first 64 KiB (page 0 with the header and
 //! state slots, the zone's metadata pages: page map and bitmaps, the first data pages) and the
@@ -15,7 +16,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use pmem_alloc::layout::{
-    as_bytes, read_from, LaneArea, PoolHeader, StateSlot, ZoneHeader, STATE_SLOT_OFFSET,
+    as_bytes, read_from, undo_checksum, LaneArea, PoolHeader, StagedHeader, StateSlot, ZoneHeader,
+    LANE_HEADER, LANE_SIZE, STAGED_HEADER, STAGED_KIND, STATE_SLOT_OFFSET,
 };
 use pmem_alloc::pool::{Pool, PoolOptions};
 use pmem_alloc::pptr::{PPtr, PSafe};
@@ -92,6 +94,11 @@ fn image(clean: bool) -> Vec<u8> {
         Ok::<(), pmem_alloc::tx::TxError>(())
     })
     .unwrap();
+    // staged writes: records in the lanes, replayed by the next open of the abandoned image
+    for v in 0..3u64 {
+        pool.staged(|s| s.write_u64(root.cast::<u64>().byte_add(8), 1000 + v))
+            .unwrap();
+    }
     if clean {
         pool.close().unwrap();
     } else {
@@ -142,8 +149,26 @@ fn reseal(img: &mut [u8]) {
             if let Some(mut l) = read_from::<LaneArea>(&img[at..]) {
                 l.seal();
                 put(img, at, &l);
+                reseal_records(img, at, l.nlanes.get() as usize);
             }
         }
+    }
+}
+
+/// Recomputes the checksums of the staged records in the inline logs of the lane area at
+/// `area` (records whose kind word still says so and whose length still fits).
+fn reseal_records(img: &mut [u8], area: usize, nlanes: usize) {
+    for lane in 0..nlanes.min(64) {
+        let rec = area + 64 + lane * LANE_SIZE + LANE_HEADER;
+        let Some(h) = img.get(rec..).and_then(read_from::<StagedHeader>) else {
+            return;
+        };
+        let end = rec + STAGED_HEADER + h.len.get() as usize;
+        if h.kind.get() & 0xFFFF != STAGED_KIND || end > img.len() {
+            continue;
+        }
+        let sum = undo_checksum(&img[rec + 8..end]);
+        img[rec..rec + 8].copy_from_slice(&sum.to_le_bytes());
     }
 }
 

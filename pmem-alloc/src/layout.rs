@@ -59,8 +59,9 @@ pub const POOL_MAGIC: [u8; 8] = *b"\x89PMA\r\n\x1a\n";
 pub const ZONE_MAGIC: [u8; 8] = *b"PMAZONE\x01";
 /// Format major version: a reader refuses a different major.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Format minor version: backwards-compatible additions (1.1: transaction lanes).
-pub const FORMAT_MINOR: u16 = 1;
+/// Format minor version: backwards-compatible additions (1.1: transaction lanes; 1.2: staged
+/// records in the lanes, announced by [`LaneArea::features`]).
+pub const FORMAT_MINOR: u16 = 2;
 
 /// Incompatible feature: the state slot's `lanes` field may name a transaction lane area whose
 /// uncommitted undo logs must be rolled back at open (format 1.1). Set at create by builds that
@@ -332,6 +333,19 @@ pub const MAX_LANES: usize = 64;
 pub const UNDO_ENTRY_HEADER: usize = 32;
 /// Kind of an undo entry (low 16 bits of [`UndoEntry::kind`]).
 pub const UNDO_KIND_SNAPSHOT: u32 = 1;
+/// Kind of a staged (redo) record (low 16 bits of [`StagedHeader::kind`]).
+pub const STAGED_KIND: u32 = 2;
+/// [`LaneArea::features`] bit: the lanes may hold staged records and lane 0's
+/// [`LaneHeader::retired`] word is in use (format 1.2).
+pub const LANE_FEATURE_STAGED: u64 = 1;
+/// Every lane-area feature this build knows.
+pub const LANE_FEATURES_SUPPORTED: u64 = LANE_FEATURE_STAGED;
+/// Bytes of a staged record header ([`StagedHeader`]).
+pub const STAGED_HEADER: usize = 32;
+/// Bytes of a staged entry header ([`StagedEntry`]); the new bytes follow, padded to 8.
+pub const STAGED_ENTRY: usize = 8;
+/// Most bytes of one staged entry (longer writes are split).
+pub const STAGED_MAX_RANGE: usize = (1 << 16) - 1;
 
 /// Header of the transaction lane area, a block allocated from the heap on the first
 /// transaction and named by [`StateSlot::lanes`]. `nlanes` lanes of [`LANE_SIZE`] bytes follow
@@ -345,8 +359,11 @@ pub struct LaneArea {
     pub nlanes: Le32,
     /// [`LANE_SIZE`].
     pub lane_size: Le32,
+    /// Feature bits of the area (format 1.2): [`LANE_FEATURE_STAGED`] or 0. Builds of format
+    /// 1.1 require zero here, so they refuse an area that may hold staged records.
+    pub features: Le64,
     /// Must be zero.
-    pub reserved: [Le64; 5],
+    pub reserved: [Le64; 4],
     /// CRC-32 of the preceding bytes.
     pub checksum: Le64,
 }
@@ -363,10 +380,15 @@ pub struct LaneHeader {
     /// The overflow log: `log2(capacity) << 48 | pool offset` of a heap block replacing the
     /// inline log, or 0 (the inline log is in use).
     pub ext: Le64,
+    /// Lane 0 of an area with [`LANE_FEATURE_STAGED`]: the retirement watermark of staged
+    /// writes. Every staged record with a sequence number up to this one has its new bytes
+    /// durable in place and is ignored by recovery. Zero in the other lanes.
+    pub retired: Le64,
     /// Must be zero.
-    pub reserved: [Le64; 6],
+    pub reserved: [Le64; 5],
 }
 const_assert_eq!(size_of::<LaneHeader>(), LANE_HEADER);
+const_assert_eq!(offset_of!(LaneHeader, retired), 16);
 
 /// An undo entry: written to the lane log, and made durable, before the range it saves is
 /// modified. `len` old bytes follow the header, zero-padded to a multiple of 8.
@@ -387,6 +409,44 @@ pub struct UndoEntry {
 }
 const_assert_eq!(size_of::<UndoEntry>(), UNDO_ENTRY_HEADER);
 const_assert_eq!(offset_of!(UndoEntry, gen), 24);
+
+/// A staged (redo) record at the start of a lane's log: `len` bytes of entries follow, each a
+/// [`StagedEntry`] and its new bytes (padded to 8). The record is made durable with one fence
+/// before any of its ranges is written in place; it is *valid* if its kind names the lane, its
+/// sequence number is above the retirement watermark ([`LaneHeader::retired`] of lane 0) and
+/// its checksum is right. Recovery writes the valid records' new bytes in place in sequence
+/// order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StagedHeader {
+    /// [`undo_checksum`] of everything after this field: the rest of the header and the
+    /// entries.
+    pub checksum: Le64,
+    /// Sequence number (pool-wide, from 1, in commit order).
+    pub seq: Le64,
+    /// Bytes of the entries that follow the header.
+    pub len: Le32,
+    /// [`STAGED_KIND`] in the low 16 bits, the lane index in the high 16 bits (at the offset
+    /// of [`UndoEntry::kind`], so an undo entry is never taken for a record).
+    pub kind: Le32,
+    /// Number of entries.
+    pub count: Le32,
+    /// Must be zero.
+    pub reserved: Le32,
+}
+const_assert_eq!(size_of::<StagedHeader>(), STAGED_HEADER);
+const_assert_eq!(offset_of!(StagedHeader, kind), offset_of!(UndoEntry, kind));
+
+/// One range of a staged record, in one word: `off | len << 48` (pool offset in the low 48
+/// bits, 1 to [`STAGED_MAX_RANGE`] bytes in the high 16). `len` new bytes follow, zero-padded
+/// to a multiple of 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StagedEntry {
+    /// `off | len << 48`.
+    pub word: Le64,
+}
+const_assert_eq!(size_of::<StagedEntry>(), STAGED_ENTRY);
 
 /// The 64-bit checksum of undo entries: four interleaved multiply-rotate chains over the
 /// little-endian 8-byte words of `bytes` (whose length must be a multiple of 8), folded and
@@ -438,11 +498,33 @@ impl LaneArea {
             && self.magic == LANE_MAGIC
             && (1..=MAX_LANES as u32).contains(&self.nlanes.get())
             && self.lane_size.get() as usize == LANE_SIZE
-            && self.reserved == [Le64::new(0); 5]
+            && self.features.get() & !LANE_FEATURES_SUPPORTED == 0
+            && self.reserved == [Le64::new(0); 4]
     }
     /// Bytes of the area with `nlanes` lanes.
     pub const fn bytes(nlanes: usize) -> usize {
         size_of::<LaneArea>() + nlanes * LANE_SIZE
+    }
+}
+
+impl StagedEntry {
+    /// The entry for `len` (1..=[`STAGED_MAX_RANGE`]) bytes at pool offset `off` (below 2^48).
+    pub const fn new(off: usize, len: usize) -> Self {
+        StagedEntry {
+            word: Le64::new((off as u64 & PPTR_OFFSET_MASK) | (len as u64) << 48),
+        }
+    }
+    /// Pool offset of the range.
+    pub const fn range_off(self) -> usize {
+        (self.word.get() & PPTR_OFFSET_MASK) as usize
+    }
+    /// Bytes of the range.
+    pub const fn range_len(self) -> usize {
+        (self.word.get() >> 48) as usize
+    }
+    /// Bytes the entry occupies in a record with `len` new bytes.
+    pub const fn footprint(len: usize) -> usize {
+        STAGED_ENTRY + len.next_multiple_of(8)
     }
 }
 
@@ -501,6 +583,10 @@ unsafe impl OnMedia for LaneArea {}
 unsafe impl OnMedia for LaneHeader {}
 // SAFETY: as above.
 unsafe impl OnMedia for UndoEntry {}
+// SAFETY: as above.
+unsafe impl OnMedia for StagedHeader {}
+// SAFETY: as above.
+unsafe impl OnMedia for StagedEntry {}
 
 impl PoolHeader {
     /// Bytes covered by the checksum.

@@ -14,6 +14,7 @@ pub mod recovery;
 #[cfg(feature = "crash-sim")]
 pub mod sim;
 pub mod size_class;
+pub mod staged;
 mod sync;
 mod sys;
 pub mod tx;
@@ -24,4 +25,5 @@ pub use map::{MapError, MapKind, MapOptions, Mapping};
 pub use persist::{Hardware, NoPersist, Persist};
 pub use pool::{Pool, PoolError, PoolOptions};
 pub use pptr::{AtomicPPtr, PPtr, PSafe};
+pub use staged::Staged;
 pub use tx::{PBox, Tx, TxError};

@@ -187,6 +187,8 @@ pub struct OpenReport {
     pub reachable: usize,
     /// Lanes whose uncommitted transaction was rolled back at this open.
     pub tx_rolled_back: usize,
+    /// Staged records (see [`crate::staged`]) written in place again at this open.
+    pub staged_replayed: usize,
     /// Blocks held by the transaction lanes (the lane area and overflow logs), kept by
     /// recovery without being scanned.
     pub lane_blocks: usize,
@@ -659,17 +661,21 @@ impl<P: Persist + 'static> Pool<P> {
         let extents = pool.core.walk()?;
         // Roll back uncommitted transactions before anything reads the heap's contents.
         let mut rolled_back = 0;
+        let mut staged_replayed = 0;
         let lanes_off = slot.lanes.get();
         if lanes_off != 0 {
-            let (t, n) = crate::tx::open_lanes(&pool.core, pool_size as usize, lanes_off as usize)?;
+            let (t, n, r) =
+                crate::tx::open_lanes(&pool.core, pool_size as usize, lanes_off as usize)?;
             pool.tx.install(t);
             rolled_back = n;
+            staged_replayed = r;
         }
         let clean = slot.flags.get() & STATE_CLEAN != 0;
         let bitmaps_ok = clean && pool.bitmap_crc() == slot.bitmap_crc.get();
         let mut report = OpenReport {
             clean,
             tx_rolled_back: rolled_back,
+            staged_replayed,
             ..OpenReport::default()
         };
         if bitmaps_ok {
@@ -896,6 +902,8 @@ impl<P: Persist + 'static> Pool<P> {
         if p.is_null() {
             return;
         }
+        // a record not yet retired must not replay into the block's next owner
+        self.retire_staged();
         // SAFETY: forwarded from the caller.
         unsafe { self.core.free(self.base.wrapping_add(p.offset() as usize)) }
     }
@@ -964,6 +972,7 @@ impl<P: Persist + 'static> Pool<P> {
     /// Makes `size_of::<T>()` bytes at `p` durable (nothing for null or foreign pointers).
     pub fn persist_val<T>(&self, p: PPtr<T>) {
         if let Some(a) = self.get(p) {
+            self.retire_staged();
             self.persist_range(a.cast(), std::mem::size_of::<T>());
         }
     }
@@ -975,6 +984,7 @@ impl<P: Persist + 'static> Pool<P> {
             return;
         }
         let len = len.min(self.size() - off);
+        self.retire_staged();
         self.persist_range(self.base.wrapping_add(off), len);
     }
 
@@ -989,6 +999,7 @@ impl<P: Persist + 'static> Pool<P> {
         unsafe {
             (*(a as *const std::sync::atomic::AtomicU64)).store(value.raw(), Ordering::Release)
         };
+        self.retire_staged();
         self.persist_range(a.cast(), 8);
         Ok(())
     }
@@ -1059,6 +1070,7 @@ impl<P: Persist + 'static> Pool<P> {
             return;
         }
         self.closed = true;
+        self.retire_staged();
         self.core.flush_all_caches();
         self.core.unregister();
         self.core.save_bitmaps();

@@ -126,8 +126,8 @@
 use crate::heap::HeapCore;
 use crate::layout::{
     as_bytes, read_from, undo_checksum, LaneArea, LaneHeader, Le32, Le64, UndoEntry, HEADER_AREA,
-    LANE_HEADER, LANE_INLINE_LOG, LANE_MAGIC, LANE_SIZE, MAX_LANES, PPTR_OFFSET_MASK,
-    UNDO_ENTRY_HEADER, UNDO_KIND_SNAPSHOT,
+    LANE_FEATURE_STAGED, LANE_HEADER, LANE_INLINE_LOG, LANE_MAGIC, LANE_SIZE, MAX_LANES,
+    PPTR_OFFSET_MASK, UNDO_ENTRY_HEADER, UNDO_KIND_SNAPSHOT,
 };
 use crate::persist::{Hardware, Persist};
 use crate::pool::{Pool, PoolError};
@@ -184,12 +184,12 @@ pub enum TxError {
 
 /// The DRAM side of a lane: where its log is, and the running transaction's lists.
 #[derive(Debug)]
-struct LaneVol {
+pub(crate) struct LaneVol {
     /// The lane header in the pool.
-    header: *mut u8,
+    pub(crate) header: *mut u8,
     /// The log in use (inline or overflow) and its capacity.
-    log: *mut u8,
-    cap: usize,
+    pub(crate) log: *mut u8,
+    pub(crate) cap: usize,
     /// The overflow block, or null.
     ext: *mut u8,
     /// The lane's generation (mirror of the durable one).
@@ -215,14 +215,32 @@ struct LaneVol {
     borrows: usize,
     /// A nested transaction failed: the transaction must abort.
     poisoned: bool,
+    /// The sequence number of the staged record the lane holds (see [`crate::staged`]), 0 if
+    /// none.
+    pub(crate) staged_seq: u64,
+    /// The ranges that record writes in place (pool offsets), flushed when it is retired.
+    pub(crate) staged: Vec<(usize, usize)>,
 }
 
 /// The lanes of an open pool.
 #[derive(Debug)]
 pub(crate) struct LaneTable {
-    area_off: usize,
-    nlanes: usize,
-    vol: Box<[UnsafeCell<LaneVol>]>,
+    pub(crate) area_off: usize,
+    pub(crate) nlanes: usize,
+    pub(crate) vol: Box<[UnsafeCell<LaneVol>]>,
+    /// The area has [`LANE_FEATURE_STAGED`]: staged writes use records in the lanes.
+    pub(crate) staged: bool,
+    /// Staged writes' state: last sequence number given out, retirement watermark, lanes
+    /// holding records not yet retired, and the retirement lock (with its scratch list). A
+    /// lane's `LaneVol` belongs to the thread holding its busy bit, or, while the lane holds a
+    /// staged record (published in `pending` with release ordering), to the retirer under
+    /// `retire_lock`.
+    pub(crate) seq: AtomicU64,
+    pub(crate) retired: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) retire_lock: Mutex<Vec<(usize, usize)>>,
+    /// Lane 0's `retired` word in the pool.
+    pub(crate) retired_word: *mut u8,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -249,6 +267,11 @@ thread_local! {
     static HINT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+/// Whether this thread runs a transaction of `pool`.
+pub(crate) fn in_transaction<P: Persist + 'static>(pool: &Pool<P>) -> bool {
+    active_lane(pool.tx_shared() as *const TxShared as usize).is_some()
+}
+
 fn active_lane(key: usize) -> Option<usize> {
     ACTIVE.with(|a| {
         a.borrow()
@@ -268,7 +291,9 @@ impl TxShared {
         let _ = self.table.set(t);
     }
 
-    fn acquire(&self, nlanes: usize) -> usize {
+    /// Reserves a free lane, waiting while none is. `stuck` runs now and then while waiting
+    /// (a staged writer retires records there, which frees lanes).
+    pub(crate) fn acquire(&self, nlanes: usize, stuck: &dyn Fn()) -> usize {
         let all = if nlanes == 64 {
             u64::MAX
         } else {
@@ -302,12 +327,19 @@ impl TxShared {
             }
             // every lane is in use: wait for one
             spins += 1;
+            if spins.is_multiple_of(64) {
+                stuck();
+            }
             if spins < 64 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
             }
         }
+    }
+
+    pub(crate) fn release_mask(&self, mask: u64) {
+        self.busy.fetch_and(!mask, Ordering::Release);
     }
 
     fn release(&self, lane: usize) {
@@ -348,6 +380,51 @@ fn decode_ext<P: Persist + 'static>(
         }
         _ => Err(bad),
     }
+}
+
+/// Moves a lane's log to an overflow block of at least `need` bytes (two fences); the used
+/// part of the log is copied.
+#[cold]
+pub(crate) fn grow_log<P: Persist + 'static>(
+    pool: &Pool<P>,
+    v: &mut LaneVol,
+    need: usize,
+) -> Result<(), TxError> {
+    if need > MAX_LOG {
+        return Err(TxError::TooLarge);
+    }
+    let cap = need.next_power_of_two().max(MIN_EXT);
+    let core = pool.heap();
+    let p = core.alloc(cap, 64);
+    if p.is_null() {
+        return Err(TxError::OutOfSpace);
+    }
+    let pers = pool.persister();
+    // Ordering: the copy (and zeros: no stale entry can follow the last one) is durable
+    // before the lane header names the block; the old block is freed after that.
+    // SAFETY: `p` is a fresh block of `cap >= used` bytes; the old log holds `used` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(v.log, p, v.used);
+        std::ptr::write_bytes(p.add(v.used), 0, cap - v.used);
+        pers.flush(p, cap);
+    }
+    pers.drain();
+    // SAFETY: the `ext` word of the lane header (8-byte aligned, inside the lane area).
+    unsafe {
+        store_u64(
+            v.header.add(8),
+            ext_word(p as usize - pool.base() as usize, cap),
+        );
+        pers.persist(v.header.add(8), 8);
+    }
+    if !v.ext.is_null() {
+        // SAFETY: the old overflow block is a live block of this pool no longer named.
+        unsafe { core.free(v.ext) };
+    }
+    v.ext = p;
+    v.log = p;
+    v.cap = cap;
+    Ok(())
 }
 
 /// One valid entry of a log found by [`scan_log`].
@@ -398,13 +475,14 @@ fn entry_kind(lane: usize) -> u32 {
 }
 
 /// Opens the lane area at `area_off` (from the state slot): validates it, rolls back every
-/// uncommitted log (durably) and returns the lane table and the number of lanes rolled back.
-/// Runs at open, after the page-map walk and before the recovery scan.
+/// uncommitted log (durably), replays the staged records not yet retired (durably), and
+/// returns the lane table, the number of lanes rolled back and the number of records
+/// replayed. Runs at open, after the page-map walk and before the recovery scan.
 pub(crate) fn open_lanes<P: Persist + 'static>(
     core: &HeapCore<P>,
     pool_size: usize,
     area_off: usize,
-) -> Result<(LaneTable, usize), PoolError> {
+) -> Result<(LaneTable, usize, usize), PoolError> {
     let base = core.base();
     if area_off < HEADER_AREA || area_off + 64 > pool_size || !area_off.is_multiple_of(64) {
         return Err(PoolError::Lanes("the lane area lies outside the pool"));
@@ -481,15 +559,38 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             stage: Vec::new(),
             borrows: 0,
             poisoned: false,
+            staged_seq: 0,
+            staged: Vec::new(),
         }));
     }
+    // lane 0's `retired` word: the third word of its header
+    let retired_word = area.wrapping_add(64 + 16);
+    let staged = crate::staged::enabled(hdr.features.get());
+    let (watermark, replayed) = if staged {
+        let logs: Vec<(*mut u8, usize)> = vol
+            .iter_mut()
+            .map(|v| (v.get_mut().log, v.get_mut().cap))
+            .collect();
+        // SAFETY: the logs and lane 0's header lie inside the validated area or are validated
+        // overflow blocks; open is single-threaded.
+        unsafe { crate::staged::replay(core, pool_size, (area_off, bytes), &logs, retired_word)? }
+    } else {
+        (0, 0)
+    };
     Ok((
         LaneTable {
             area_off,
             nlanes,
             vol: vol.into_boxed_slice(),
+            staged,
+            seq: AtomicU64::new(watermark),
+            retired: AtomicU64::new(watermark),
+            pending: AtomicU64::new(0),
+            retire_lock: Mutex::new(Vec::new()),
+            retired_word,
         },
         rolled,
+        replayed,
     ))
 }
 
@@ -516,7 +617,7 @@ pub(crate) fn mark_lanes<P: Persist + 'static>(core: &HeapCore<P>, t: &LaneTable
 
 /// # Safety
 /// `p` is 8-byte aligned, inside the pool, and not accessed concurrently.
-unsafe fn store_u64(p: *mut u8, v: u64) {
+pub(crate) unsafe fn store_u64(p: *mut u8, v: u64) {
     // SAFETY: caller's contract; an aligned 8-byte store is failure-atomic.
     unsafe { (*(p as *const AtomicU64)).store(v.to_le(), Ordering::Release) }
 }
@@ -528,7 +629,7 @@ fn lanes_for(pool_size: usize) -> usize {
 
 impl<P: Persist + 'static> Pool<P> {
     /// The lane table, created (durably) on first use.
-    fn lanes(&self) -> Result<&LaneTable, TxError> {
+    pub(crate) fn lanes(&self) -> Result<&LaneTable, TxError> {
         let sh = self.tx_shared();
         if let Some(t) = sh.table() {
             return Ok(t);
@@ -548,6 +649,7 @@ impl<P: Persist + 'static> Pool<P> {
             magic: LANE_MAGIC,
             nlanes: Le32::new(nlanes as u32),
             lane_size: Le32::new(LANE_SIZE as u32),
+            features: Le64::new(LANE_FEATURE_STAGED),
             ..LaneArea::default()
         };
         a.seal();
@@ -573,7 +675,7 @@ impl<P: Persist + 'static> Pool<P> {
         }
         let off = p as usize - self.base() as usize;
         self.set_lanes(off as u64);
-        let (t, _) =
+        let (t, _, _) =
             open_lanes(core, self.size(), off).map_err(|e| TxError::Lanes(e.to_string()))?;
         sh.install(t);
         Ok(sh.table().expect("just installed"))
@@ -628,8 +730,11 @@ impl<P: Persist + 'static> Pool<P> {
             return self.nested(lane, f);
         }
         let table = self.lanes()?;
+        // Staged records committed before this transaction are retired first: a later replay
+        // must not rewrite what this transaction makes durable.
+        self.retire_staged();
         let sh = self.tx_shared();
-        let lane = sh.acquire(table.nlanes);
+        let lane = sh.acquire(table.nlanes, &|| self.retire_try(table));
         let vol = table.vol[lane].get();
         ACTIVE.with(|a| a.borrow_mut().push((key, lane)));
         let tx = Tx {
@@ -1096,39 +1201,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
     /// Moves the log to an overflow block of at least `need` bytes (two fences).
     #[cold]
     fn grow(&self, need: usize) -> Result<(), TxError> {
-        if need > MAX_LOG {
-            return Err(TxError::TooLarge);
-        }
-        let v = self.v();
-        let cap = need.next_power_of_two().max(MIN_EXT);
-        let core = self.pool.heap();
-        let p = core.alloc(cap, 64);
-        if p.is_null() {
-            return Err(TxError::OutOfSpace);
-        }
-        let pers = self.pers();
-        // Ordering: the copy (and zeros: no stale entry can follow the last one) is durable
-        // before the lane header names the block; the old block is freed after that.
-        // SAFETY: `p` is a fresh block of `cap >= used` bytes; the old log holds `used` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(v.log, p, v.used);
-            std::ptr::write_bytes(p.add(v.used), 0, cap - v.used);
-            pers.flush(p, cap);
-        }
-        pers.drain();
-        // SAFETY: the `ext` word of the lane header (8-byte aligned, inside the lane area).
-        unsafe {
-            store_u64(v.header.add(8), ext_word(p as usize - self.base(), cap));
-            pers.persist(v.header.add(8), 8);
-        }
-        if !v.ext.is_null() {
-            // SAFETY: the old overflow block is a live block of this pool no longer named.
-            unsafe { core.free(v.ext) };
-        }
-        v.ext = p;
-        v.log = p;
-        v.cap = cap;
-        Ok(())
+        grow_log(self.pool, self.v(), need)
     }
 
     /// Allocates a `T` holding `value` (the rest of the block zeroed). Freed again if the
