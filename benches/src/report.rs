@@ -39,8 +39,8 @@ and restart times: [docs/benchmarks/memcached.md](docs/benchmarks/memcached.md),
 memkind's libmemtier): [docs/benchmarks/preload.md](docs/benchmarks/preload.md), \
 `benches/preload-compare.sh` (interleaved trials; throughput with trial spread, and server CPU \
 time per request, which is steadier on a loaded machine);\n\
-- transactions against PMDK's `TX_BEGIN`/`TX_ADD` (1, 4 and 16 ranges; fences per \
-transaction): [docs/benchmarks/tx.md](docs/benchmarks/tx.md), `benches/tx-compare.sh`;\n\
+- transactions (undo log) and staged writes (redo record, one fence) against PMDK's \
+`TX_BEGIN`/`TX_ADD` (1, 4 and 16 ranges; fences per update): [docs/benchmarks/tx.md](docs/benchmarks/tx.md), `benches/tx-compare.sh`;\n\
 - the RESP server `pmem-redis` (persistent keyspace, every write durable before the reply) \
 against redis-server 7 with `appendfsync always` and without persistence, with redis-benchmark, \
 and restart times with 1M keys: [docs/benchmarks/redis.md](docs/benchmarks/redis.md) (all on \

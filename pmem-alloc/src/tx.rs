@@ -37,7 +37,9 @@
 //!   flush, fence; store the new `ext` word, flush, fence; free the old overflow block.
 //!
 //! A transaction that updates *n* ranges therefore costs `n + 2` fences with one `get_mut` per
-//! range, or 3 fences with one [`Tx::snapshot_many`] call.
+//! range, or 3 fences with one [`Tx::snapshot_many`] call. When the new bytes are known before
+//! the update, [`Pool::staged`](crate::staged) does the same all-or-nothing, durable update with
+//! one fence (a redo record in a lane).
 //!
 //! Memory whose old contents do not matter if the transaction aborts (a vector's slots beyond
 //! its length, say) needs no undo entry either: [`Tx::mark_dirty`] registers such a range for
