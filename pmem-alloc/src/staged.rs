@@ -105,7 +105,7 @@ fn record_kind(lane: usize) -> u32 {
 }
 
 /// Iterates the entries of a record's body: (pool offset, length, position of the new bytes).
-fn entries(body: &[u8]) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+fn entries(body: &[u8]) -> impl Iterator<Item = (usize, usize, usize)> + Clone + '_ {
     let mut pos = 0;
     std::iter::from_fn(move || {
         let e: StagedEntry = read_from(body.get(pos..)?)?;
@@ -124,7 +124,9 @@ impl<P: Persist + 'static> Staged<'_, P> {
 
     /// Stages `bytes` to be written at `p`. Fails with [`TxError::InvalidPointer`] for ranges
     /// outside the pool's heap (null, out of bounds, allocator metadata, the lanes), and with
-    /// [`TxError::TooLarge`] for more than 1 GiB in one call.
+    /// [`TxError::TooLarge`] for more than 1 GiB in one call. The commit fails with
+    /// [`TxError::Borrowed`] (writing nothing) if a range overlaps one that a running
+    /// transaction has borrowed ([`crate::tx::Tx::get`] / [`crate::tx::Tx::get_mut`]).
     pub fn write<T: ?Sized>(&mut self, p: PPtr<T>, bytes: &[u8]) -> Result<(), TxError> {
         if bytes.len() > u32::MAX as usize >> 2 {
             return Err(TxError::TooLarge);
@@ -179,6 +181,11 @@ impl<P: Persist + 'static> Staged<'_, P> {
             let ranges: Vec<(PPtr<u8>, usize)> = entries(body)
                 .map(|(off, len, _)| (PPtr::from_offset(off as u64), len))
                 .collect();
+            for &(p, len) in &ranges {
+                // as a staged write in a lane: never under a reference handed out by a
+                // running transaction (borrows are registered by address)
+                tx.register(tx.raw_range(p, len)? as usize, len, true)?;
+            }
             tx.snapshot_many(&ranges)?;
             for (off, len, at) in entries(body) {
                 let dst = tx.raw_range(PPtr::from_offset(off as u64), len)?;
@@ -212,6 +219,7 @@ impl<P: Persist + 'static> Staged<'_, P> {
             pool.retire(t, None);
         }
         let sh = pool.tx_shared();
+        let base = pool.base();
         let lane = sh.acquire(t.nlanes, &|| pool.retire_try(t));
         // SAFETY: the lane is reserved for this thread (busy bit).
         let v = unsafe { &mut *t.vol[lane].get() };
@@ -221,8 +229,25 @@ impl<P: Persist + 'static> Staged<'_, P> {
                 return Err(e);
             }
         }
+        // The in-place writes below must not change memory that a running transaction has
+        // handed out a reference to (safe code would see it change), and no transaction may
+        // borrow the ranges until they are written. Fast path, while no transaction holds
+        // borrows: the lane's `applying` flag makes a transaction that starts borrowing wait
+        // for the in-place writes (see `Tx::register`). Otherwise the ranges are checked
+        // against the borrow table and registered in it as borrowed until they are written.
+        let flag = &t.applying[lane].0;
+        flag.store(true, Ordering::SeqCst);
+        let fast = sh.borrowers.load(Ordering::SeqCst) == 0;
+        if !fast {
+            flag.store(false, Ordering::Release);
+            let ranges =
+                entries(&self.buf[STAGED_HEADER..]).map(|(off, len, _)| (base as usize + off, len));
+            if let Err(e) = sh.borrow_staged(lane, ranges) {
+                sh.release_mask(1 << lane);
+                return Err(e);
+            }
+        }
         let pers = pool.persister();
-        let base = pool.base();
         // Nothing from here to the publication in `pending` can fail or panic: a sequence
         // number given out is always published (retirement waits for the numbers in order).
         let seq = t.seq.fetch_add(1, Ordering::AcqRel) + 1;
@@ -258,6 +283,11 @@ impl<P: Persist + 'static> Staged<'_, P> {
             v.staged.push((off, len));
         }
         v.staged_seq = seq;
+        if fast {
+            flag.store(false, Ordering::Release);
+        } else {
+            sh.unborrow_staged(lane);
+        }
         // hand the lane to the retirer
         t.pending.fetch_or(1 << lane, Ordering::Release);
         Ok(())

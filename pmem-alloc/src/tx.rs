@@ -215,6 +215,8 @@ pub(crate) struct LaneVol {
     stage: Vec<u8>,
     /// Ranges registered in the pool's borrow table.
     borrows: usize,
+    /// The transaction is counted in `TxShared::borrowers` (see [`Tx::register`]).
+    announced: bool,
     /// A nested transaction failed: the transaction must abort.
     poisoned: bool,
     /// The sequence number of the staged record the lane holds (see [`crate::staged`]), 0 if
@@ -243,6 +245,41 @@ pub(crate) struct LaneTable {
     pub(crate) retire_lock: Mutex<Vec<(usize, usize)>>,
     /// Lane 0's `retired` word in the pool.
     pub(crate) retired_word: *mut u8,
+    /// Per lane: a staged write on the fast path (no borrow registration) holds the lane and
+    /// may be writing its ranges in place (see [`Tx::register`]).
+    pub(crate) applying: Box<[PaddedFlag]>,
+}
+
+/// A flag in a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct PaddedFlag(pub(crate) std::sync::atomic::AtomicBool);
+
+impl LaneTable {
+    /// Waits until no staged write is on its fast path (called by a transaction that has just
+    /// announced its borrows: later staged writes see the announcement and take the slow,
+    /// registering path). Only lanes reserved and not holding a published record can have
+    /// their flag set: a writer reserves its lane (SeqCst) before setting the flag, and clears
+    /// the flag before publishing the lane in `pending`.
+    fn wait_applying(&self, busy: &AtomicU64) {
+        let mut m = busy.load(Ordering::SeqCst) & !self.pending.load(Ordering::Acquire);
+        while m != 0 {
+            let lane = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let Some(f) = self.applying.get(lane) else {
+                break;
+            };
+            let mut spins = 0u32;
+            while f.0.load(Ordering::SeqCst) {
+                spins += 1;
+                if spins < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -260,6 +297,8 @@ pub(crate) struct TxShared {
     create: Mutex<()>,
     busy: AtomicU64,
     borrows: Mutex<Vec<Borrow>>,
+    /// Running transactions that have registered (or are registering) borrows.
+    pub(crate) borrowers: AtomicU64,
 }
 
 thread_local! {
@@ -317,7 +356,9 @@ impl TxShared {
                     .compare_exchange_weak(
                         cur,
                         cur | 1 << lane,
-                        Ordering::Acquire,
+                        // SeqCst: ordered before a staged writer's `applying` flag in the
+                        // total order that `LaneTable::wait_applying` relies on
+                        Ordering::SeqCst,
                         Ordering::Relaxed,
                     )
                     .is_ok()
@@ -351,7 +392,41 @@ impl TxShared {
     fn lock_borrows(&self) -> std::sync::MutexGuard<'_, Vec<Borrow>> {
         self.borrows.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Registers `ranges` (address, length) as borrowed mutably by the staged write that
+    /// holds lane `lane`, or fails with [`TxError::Borrowed`] (registering nothing) if one
+    /// overlaps a range borrowed by a running transaction. Undone by [`Self::unborrow_staged`].
+    pub(crate) fn borrow_staged(
+        &self,
+        lane: usize,
+        ranges: impl Iterator<Item = (usize, usize)> + Clone,
+    ) -> Result<(), TxError> {
+        let mut b = self.lock_borrows();
+        for (start, len) in ranges.clone() {
+            let end = start + len;
+            if b.iter().any(|o| o.start < end && start < o.end) {
+                return Err(TxError::Borrowed);
+            }
+        }
+        b.extend(ranges.map(|(start, len)| Borrow {
+            start,
+            end: start + len,
+            lane: STAGED_BORROW + lane,
+            mutable: true,
+        }));
+        Ok(())
+    }
+
+    /// Removes the ranges registered by [`Self::borrow_staged`] for `lane`.
+    pub(crate) fn unborrow_staged(&self, lane: usize) {
+        self.lock_borrows()
+            .retain(|o| o.lane != STAGED_BORROW + lane);
+    }
 }
+
+/// The `lane` of borrows registered by a staged write (plus its lane index): distinct from
+/// every transaction's lane.
+const STAGED_BORROW: usize = 1 << 16;
 
 fn ext_word(off: usize, cap: usize) -> u64 {
     (cap.trailing_zeros() as u64) << 48 | off as u64
@@ -560,6 +635,7 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             vacated: Vec::new(),
             stage: Vec::new(),
             borrows: 0,
+            announced: false,
             poisoned: false,
             staged_seq: 0,
             staged: Vec::new(),
@@ -590,6 +666,7 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             pending: AtomicU64::new(0),
             retire_lock: Mutex::new(Vec::new()),
             retired_word,
+            applying: (0..nlanes).map(|_| PaddedFlag::default()).collect(),
         },
         rolled,
         replayed,
@@ -918,9 +995,23 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         self.pool.base() as usize
     }
 
-    fn register(&self, start: usize, len: usize, mutable: bool) -> Result<(), TxError> {
+    pub(crate) fn register(&self, start: usize, len: usize, mutable: bool) -> Result<(), TxError> {
         if len == 0 {
             return Ok(());
+        }
+        if !self.v().announced {
+            // Announce the borrows before making any: a staged write on its fast path sets its
+            // lane's `applying` flag, then reads `borrowers` (both SeqCst); this transaction
+            // increments `borrowers`, then reads every flag (SeqCst). So either the staged
+            // write sees the announcement (and registers its ranges in the table, where the
+            // check below finds them), or this transaction sees its flag and waits until its
+            // in-place writes are done. No reference is handed out over memory being written.
+            self.v().announced = true;
+            let sh = self.pool.tx_shared();
+            sh.borrowers.fetch_add(1, Ordering::SeqCst);
+            if let Some(t) = sh.table() {
+                t.wait_applying(&sh.busy);
+            }
         }
         let end = start + len;
         let mut b = self.pool.tx_shared().lock_borrows();
@@ -1357,6 +1448,13 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         v.vacated.clear();
         v.used = 0;
         v.poisoned = false;
+        if v.announced {
+            v.announced = false;
+            self.pool
+                .tx_shared()
+                .borrowers
+                .fetch_sub(1, Ordering::Release);
+        }
         if v.borrows > 0 {
             v.borrows = 0;
             let lane = self.lane;

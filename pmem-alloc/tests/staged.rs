@@ -387,3 +387,37 @@ fn a_long_write_is_split_and_replays_whole() {
     let got = unsafe { std::slice::from_raw_parts(a, 70_000) };
     assert!(got == &bytes[..]);
 }
+
+/// A range borrowed by a running transaction (a reference handed out to safe code) is not
+/// written by a staged write from another thread: the write fails with `Borrowed` and changes
+/// nothing; after the transaction it succeeds.
+#[test]
+fn ranges_borrowed_by_a_running_transaction_are_refused() {
+    let (_media, pool) = sim_pool();
+    let root = pool.root::<Root>().unwrap();
+    let pool = Arc::new(pool);
+    let (tx_in, rx_in) = std::sync::mpsc::channel::<()>();
+    let (tx_out, rx_out) = std::sync::mpsc::channel::<()>();
+    let p2 = pool.clone();
+    let holder = std::thread::spawn(move || {
+        p2.transaction(|tx| {
+            let r = tx.get(root)?;
+            let before = r.words[5];
+            tx_in.send(()).unwrap();
+            rx_out.recv().unwrap();
+            assert_eq!(r.words[5], before, "changed under a shared reference");
+            Ok::<_, TxError>(())
+        })
+        .unwrap();
+    });
+    rx_in.recv().unwrap();
+    assert_eq!(stage(&pool, 5, 1, 77), Err(TxError::Borrowed));
+    // a range outside the borrowed root is fine
+    let other = pool.alloc_zeroed::<[u64; 8]>().unwrap();
+    pool.staged(|s| s.write_u64(other.cast(), 1)).unwrap();
+    tx_out.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(words(&pool)[5], 0);
+    stage(&pool, 5, 1, 77).unwrap();
+    assert_eq!(words(&pool)[5], 77);
+}
