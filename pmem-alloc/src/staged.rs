@@ -31,6 +31,14 @@
 //! may be overwritten in place by a later one; if the later record were retired while the
 //! earlier stayed valid, a replay would bring back the older bytes.
 //!
+//! # Isolation
+//! A staged write never changes memory under a reference that a running transaction handed
+//! out ([`crate::tx::Tx::get`], [`crate::tx::Tx::get_mut`]): if one of its ranges is borrowed,
+//! the commit fails with [`TxError::Borrowed`] and writes nothing, and while it writes in place
+//! no transaction can borrow its ranges. While no transaction holds borrows this costs no lock
+//! (a per-lane flag that a transaction starting to borrow waits for). Between staged writes to
+//! the same range, order is the application's (see the module's first section).
+//!
 //! # Fallbacks
 //! Inside a running transaction of the same pool on the same thread, a staged write joins that
 //! transaction (undo entries, committed with it). A pool whose lanes were created by a build

@@ -421,3 +421,73 @@ fn ranges_borrowed_by_a_running_transaction_are_refused() {
     stage(&pool, 5, 1, 77).unwrap();
     assert_eq!(words(&pool)[5], 77);
 }
+
+/// Stress of the fast path against transactions that start borrowing: readers hold a shared
+/// reference to the root in a transaction and must never see a word change under it, while
+/// writers stage new values for that word (retrying while it is borrowed).
+#[test]
+fn a_shared_reference_never_changes_under_concurrent_staged_writes() {
+    let (_media, pool) = sim_pool();
+    let root = pool.root::<Root>().unwrap();
+    pool.transaction(|_| Ok::<_, TxError>(())).unwrap();
+    let pool = Arc::new(pool);
+    let order = Arc::new(std::sync::Mutex::new(()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, order, stop) = (pool.clone(), order.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut done = 0u64;
+                for _ in 0..200_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    // writes of one word are ordered by the application
+                    let _g = order.lock().unwrap();
+                    let cur = words(&pool)[9];
+                    match stage(&pool, 9, 1, cur + 1) {
+                        Ok(()) => done += 1,
+                        Err(TxError::Borrowed) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                for _ in 0..20_000 {
+                    let r = pool.transaction(|tx| {
+                        let r = tx.get(root)?;
+                        // SAFETY: a volatile read through the shared reference's address.
+                        let a = unsafe { std::ptr::read_volatile(&r.words[9]) };
+                        for _ in 0..200 {
+                            std::hint::spin_loop();
+                        }
+                        // SAFETY: as above.
+                        let b = unsafe { std::ptr::read_volatile(&r.words[9]) };
+                        assert_eq!(a, b, "the word changed under a shared reference");
+                        Ok::<_, TxError>(())
+                    });
+                    // a staged write registered in the borrow table refuses the reader, as
+                    // a transaction would
+                    match r {
+                        Ok(()) => seen += 1,
+                        Err(TxError::Borrowed) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let seen: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(done > 0 && seen > 0, "writes {done}, reads {seen}");
+    assert_eq!(words(&pool)[9], done);
+}
