@@ -1058,20 +1058,34 @@ impl<P: Persist + 'static> HeapCore<P> {
     #[inline]
     pub fn alloc(&self, size: usize, align: usize) -> *mut u8 {
         match size_class::class_for_layout(size.max(1), align) {
-            Some(c) => self.alloc_class(c),
+            // SAFETY: the size-class table only yields classes below NCLASSES.
+            Some(c) => unsafe { self.alloc_class(c) },
             None => self.alloc_large(size.max(1), align),
         }
     }
 
+    /// Allocates a block of class `c` from the thread's cache (refilled when empty).
+    ///
+    /// # Safety
+    /// `c < NCLASSES`.
     #[inline]
-    fn alloc_class(&self, c: usize) -> *mut u8 {
+    unsafe fn alloc_class(&self, c: usize) -> *mut u8 {
         let tid = current_tid();
         if let Some(tc) = self.tcache(tid) {
-            if let Some(p) = tc.pop(c) {
+            // SAFETY: `c < NCLASSES` (this function's contract).
+            if let Some(p) = unsafe { tc.pop(c) } {
                 return p;
             }
             return self.refill(tc, c, tid);
         }
+        self.alloc_uncached(c)
+    }
+
+    /// An allocation by a thread without a cache (out of thread ids, or exiting): one block
+    /// straight from the bin.
+    #[cold]
+    #[inline(never)]
+    fn alloc_uncached(&self, c: usize) -> *mut u8 {
         let mut one = [ptr::null_mut(); 1];
         if self.take_blocks(c, &mut one, 1, 0) == 1 {
             one[0]
@@ -1083,6 +1097,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     /// Refills an empty cache with half its capacity.
     #[cold]
     fn refill(&self, tc: &TCache, c: usize, tid: u32) -> *mut u8 {
+        self.mark_used(tid);
         let want = tc.capacity(c) / 2;
         tc.refill_with(c, want, |out| {
             let n = out.len();
@@ -1108,7 +1123,8 @@ impl<P: Persist + 'static> HeapCore<P> {
     pub fn alloc_zeroed(&self, size: usize, align: usize) -> *mut u8 {
         match size_class::class_for_layout(size.max(1), align) {
             Some(c) => {
-                let p = self.alloc_class(c);
+                // SAFETY: the size-class table only yields classes below NCLASSES.
+                let p = unsafe { self.alloc_class(c) };
                 if !p.is_null() {
                     // SAFETY: `p` is a fresh block of at least `size` bytes.
                     unsafe { ptr::write_bytes(p, 0, size) };
@@ -1140,7 +1156,9 @@ impl<P: Persist + 'static> HeapCore<P> {
     #[inline]
     pub unsafe fn free_sized(&self, p: *mut u8, size: usize, align: usize) {
         match size_class::class_for_layout(size.max(1), align) {
-            Some(c) => self.free_class(p, c),
+            // SAFETY: the size-class table only yields classes below NCLASSES; `p` is a live
+            // block of that class (the caller's contract).
+            Some(c) => unsafe { self.free_class(p, c) },
             None => self.free_large(p),
         }
     }
@@ -1155,7 +1173,10 @@ impl<P: Persist + 'static> HeapCore<P> {
         // SAFETY: `p` is a live block of this heap, so its page metadata is initialised.
         let m = unsafe { &*self.meta_at(page) };
         if m.kind == ExtentKind::Run as u8 {
-            self.free_class(p, m.class as usize)
+            debug_assert!((m.class as usize) < NCLASSES);
+            // SAFETY: run pages carry a class below NCLASSES (set by `init_run`, or decoded from
+            // a validated page map at open); `p` is a live block of it (the caller's contract).
+            unsafe { self.free_class(p, m.class as usize) }
         } else {
             self.free_large(p)
         }
@@ -1163,25 +1184,42 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     /// Frees a small block into the calling thread's cache when the thread owns its run, else
     /// into its remote buffer (module docs, "Runs per thread and remote frees").
+    ///
+    /// # Safety
+    /// `c < NCLASSES` and `p` is a live block of class `c` of this heap.
     #[inline]
-    fn free_class(&self, p: *mut u8, c: usize) {
+    unsafe fn free_class(&self, p: *mut u8, c: usize) {
         let tid = current_tid();
         if let Some(tc) = self.tcache(tid) {
-            if self.owner(self.page_of(p)).load(Ordering::Relaxed) == tid && tc.push(c, p) {
+            let owned = self.owner(self.page_of(p)).load(Ordering::Relaxed) == tid;
+            // SAFETY: `c < NCLASSES` (this function's contract).
+            if owned && unsafe { tc.push(c, p) } {
                 return;
             }
-            self.free_slow(tc, c, p, tid);
+            // SAFETY: forwarded contract.
+            unsafe { self.free_slow(tc, c, p, tid) };
             return;
         }
+        self.free_uncached(c, p);
+    }
+
+    /// A free by a thread without a cache: the block goes straight back to its bin.
+    #[cold]
+    #[inline(never)]
+    fn free_uncached(&self, c: usize, p: *mut u8) {
         self.return_blocks(c, &[p]);
     }
 
     /// A free that is remote or finds the cache full. A full cache grows if it may, else
     /// returns its older half. A remote block goes to the thread's remote buffer, which goes
     /// back to the bin when full.
+    ///
+    /// # Safety
+    /// As [`HeapCore::free_class`].
     #[cold]
     #[inline(never)]
-    fn free_slow(&self, tc: &TCache, c: usize, p: *mut u8, tid: u32) {
+    unsafe fn free_slow(&self, tc: &TCache, c: usize, p: *mut u8, tid: u32) {
+        self.mark_used(tid);
         if self.owner(self.page_of(p)).load(Ordering::Relaxed) != tid {
             if !tc.push_remote(c, p) {
                 tc.drain_remote_with(c, |blocks| self.return_blocks(c, blocks));
@@ -1194,7 +1232,8 @@ impl<P: Persist + 'static> HeapCore<P> {
             let half = tc.capacity(c) / 2;
             tc.drain_with(c, half, |blocks| self.return_blocks(c, blocks));
         }
-        let pushed = tc.push(c, p);
+        // SAFETY: `c < NCLASSES` (this function's contract).
+        let pushed = unsafe { tc.push(c, p) };
         debug_assert!(pushed);
     }
 
@@ -1299,14 +1338,21 @@ impl<P: Persist + 'static> HeapCore<P> {
         if tid as usize >= MAX_THREADS || tid == 0 {
             return None;
         }
+        // SAFETY: slot `tid` of the tcache reservation; zero-initialised memory is an empty
+        // cache; only the thread that owns `tid` uses it (and flushes run when it cannot).
+        Some(unsafe { &*self.tcaches.ptr().cast::<TCache>().add(tid as usize) })
+    }
+
+    /// Marks thread `tid`'s cache as used (for flushes and statistics) and registers the heap
+    /// for thread-exit flushes. Called from the slow paths only: a cache that was never used
+    /// has capacity 0 and count 0 in every class, so its first pop goes to [`HeapCore::refill`]
+    /// and its first push to [`HeapCore::free_slow`], before it can hold any block.
+    #[inline]
+    fn mark_used(&self, tid: u32) {
         let t = tid as usize;
-        let bit = 1u64 << (t % 64);
-        if self.touched[t / 64].load(Ordering::Relaxed) & bit == 0 {
+        if self.touched[t / 64].load(Ordering::Relaxed) & (1 << (t % 64)) == 0 {
             self.touch_tcache(t);
         }
-        // SAFETY: slot `t` of the tcache reservation; zero-initialised memory is an empty cache;
-        // only the thread that owns `tid` uses it (and flushes run when it cannot).
-        Some(unsafe { &*self.tcaches.ptr().cast::<TCache>().add(t) })
     }
 
     #[cold]

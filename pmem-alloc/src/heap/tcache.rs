@@ -65,15 +65,24 @@ pub(crate) struct TCache {
 }
 
 impl TCache {
+    /// Pops the most recently pushed block of class `c`.
+    ///
+    /// # Safety
+    /// `c < NCLASSES`.
     #[inline]
-    pub(crate) fn pop(&self, c: usize) -> Option<*mut u8> {
-        let n = self.count[c].load(Ordering::Relaxed);
+    pub(crate) unsafe fn pop(&self, c: usize) -> Option<*mut u8> {
+        debug_assert!(c < NCLASSES);
+        // SAFETY: `c < NCLASSES` (the caller's contract).
+        let count = unsafe { self.count.get_unchecked(c) };
+        let n = count.load(Ordering::Relaxed);
         if n == 0 {
             return None;
         }
-        self.count[c].store(n - 1, Ordering::Relaxed);
-        // SAFETY: only the owning thread touches the slots (module invariant); `n - 1 < cap`.
-        Some(unsafe { (*self.slots[c].get())[(n - 1) as usize] })
+        count.store(n - 1, Ordering::Relaxed);
+        debug_assert!(n as usize <= MAX_CAP);
+        // SAFETY: only the owning thread touches the slots (module invariant); `c < NCLASSES`
+        // and `n - 1 < cap <= MAX_CAP` (counts never exceed the capacity).
+        Some(unsafe { *(*self.slots.get_unchecked(c).get()).get_unchecked((n - 1) as usize) })
     }
 
     /// The current capacity of class `c` (set to the initial [`cap`] on first use).
@@ -105,17 +114,24 @@ impl TCache {
     }
 
     /// Pushes unless full.
+    ///
+    /// # Safety
+    /// `c < NCLASSES`.
     #[inline]
-    pub(crate) fn push(&self, c: usize, p: *mut u8) -> bool {
-        let n = self.count[c].load(Ordering::Relaxed);
+    pub(crate) unsafe fn push(&self, c: usize, p: *mut u8) -> bool {
+        debug_assert!(c < NCLASSES);
+        // SAFETY: `c < NCLASSES` (the caller's contract).
+        let (count, cap) = unsafe { (self.count.get_unchecked(c), self.cap.get_unchecked(c)) };
+        let n = count.load(Ordering::Relaxed);
         // a capacity of 0 (cache not used yet) sends the first free to the slow path, which
         // sets it: one load and compare here
-        if n >= self.cap[c].load(Ordering::Relaxed) {
+        if n >= cap.load(Ordering::Relaxed) {
             return false;
         }
-        // SAFETY: owner-only access; `n < cap <= MAX_CAP`.
-        unsafe { (*self.slots[c].get())[n as usize] = p };
-        self.count[c].store(n + 1, Ordering::Relaxed);
+        debug_assert!((n as usize) < MAX_CAP);
+        // SAFETY: owner-only access; `c < NCLASSES` and `n < cap <= MAX_CAP`.
+        unsafe { *(*self.slots.get_unchecked(c).get()).get_unchecked_mut(n as usize) = p };
+        count.store(n + 1, Ordering::Relaxed);
         true
     }
 
