@@ -1,5 +1,6 @@
 //! The peers: glibc (the process allocator), jemalloc, mimalloc, memkind's PMEM kind,
-//! libpmemobj, and pmem-alloc's volatile heap, pool API and pool engine.
+//! libpmemobj, and pmem-alloc's volatile heap, pool API and pool engine; and the *floor*, a
+//! reference point rather than an allocator ([`Floor`]).
 //!
 //! Adding a peer: implement [`AllocPeer`] (three short methods) and add a line to [`open`] and
 //! [`ALL`].
@@ -25,6 +26,7 @@ pub const ALL: &[&str] = &[
     "pmemobj",
     "pmem-alloc pool",
     "pmem-alloc engine",
+    "floor",
 ];
 
 /// What peers are opened with.
@@ -63,6 +65,7 @@ pub fn open(name: &str, cfg: &PeerConfig) -> Result<Arc<dyn AllocPeer>, String> 
             cfg.pool_size,
             true,
         )?),
+        "floor" => Arc::new(Floor),
         _ => return Err(format!("unknown peer {name:?} (known: {})", ALL.join(", "))),
     })
 }
@@ -565,5 +568,98 @@ impl AllocPeer for OursPool {
         let pp = PPtr::<u8>::from_offset((p as usize - self.base as usize) as u64);
         // SAFETY: as above.
         unsafe { self.pool().free(pp) }
+    }
+}
+
+// ---------------------------------------------------------------------------------- floor
+
+/// The floor: the least work an allocator can do under these workloads, to put the others'
+/// numbers in proportion. Not a usable allocator: one LIFO list per thread and 16-byte size
+/// class threaded through the free blocks, carved from chunks of the process allocator that
+/// are never returned; no metadata, no limits, no cross-thread bookkeeping (a block freed by
+/// another thread joins that thread's list). What is left of its time is the workload's own
+/// work (the loop, its random numbers and bookkeeping arrays, the write to every block) plus
+/// a thread-local pop or push. An allocator `k` times slower than another one can be at most
+/// `floor time / its time` times as fast as that one here.
+#[derive(Debug)]
+pub struct Floor;
+
+/// Largest size the floor serves (the workloads' largest is 4 KiB; larger requests get null).
+const FLOOR_MAX: usize = 4096;
+const FLOOR_CLASSES: usize = FLOOR_MAX / 16 + 1;
+/// Bytes carved from the process allocator at a time.
+const FLOOR_CHUNK: usize = 1 << 20;
+
+struct FloorCache {
+    heads: [*mut u8; FLOOR_CLASSES],
+    bump: usize,
+    end: usize,
+}
+
+thread_local! {
+    static FLOOR_CACHE: std::cell::UnsafeCell<FloorCache> = const {
+        std::cell::UnsafeCell::new(FloorCache {
+            heads: [std::ptr::null_mut(); FLOOR_CLASSES],
+            bump: 0,
+            end: 0,
+        })
+    };
+}
+
+#[cold]
+fn floor_carve(fc: &mut FloorCache, c: usize) -> *mut u8 {
+    let size = c * 16;
+    if fc.end - fc.bump < size {
+        // SAFETY: a non-zero size and a valid alignment.
+        let chunk =
+            unsafe { std::alloc::alloc(Layout::from_size_align_unchecked(FLOOR_CHUNK, 64)) };
+        if chunk.is_null() {
+            return chunk;
+        }
+        fc.bump = chunk as usize;
+        fc.end = fc.bump + FLOOR_CHUNK;
+    }
+    let p = fc.bump as *mut u8;
+    fc.bump += size;
+    p
+}
+
+impl AllocPeer for Floor {
+    fn name(&self) -> &str {
+        "floor"
+    }
+    fn kind(&self) -> PeerKind {
+        PeerKind::Dram
+    }
+    #[inline]
+    fn alloc(&self, size: usize) -> *mut u8 {
+        if size > FLOOR_MAX {
+            return std::ptr::null_mut();
+        }
+        let c = size.max(16).div_ceil(16);
+        FLOOR_CACHE.with(|fc| {
+            // SAFETY: this thread's cache; nothing else holds a reference to it meanwhile.
+            let fc = unsafe { &mut *fc.get() };
+            let h = fc.heads[c];
+            if h.is_null() {
+                return floor_carve(fc, c);
+            }
+            // SAFETY: `h` is a free block of this list; its first word links the next one.
+            fc.heads[c] = unsafe { h.cast::<*mut u8>().read() };
+            h
+        })
+    }
+    #[inline]
+    unsafe fn free(&self, p: *mut u8, size: usize) {
+        let c = size.max(16).div_ceil(16);
+        FLOOR_CACHE.with(|fc| {
+            // SAFETY: as in `alloc`; `p` is a block of class `c` that is no longer used (the
+            // caller's contract), so its first word may hold the link.
+            unsafe {
+                let fc = &mut *fc.get();
+                p.cast::<*mut u8>().write(fc.heads[c]);
+                fc.heads[c] = p;
+            }
+        })
     }
 }

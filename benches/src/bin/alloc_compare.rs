@@ -383,8 +383,8 @@ fn measure(a: &RunArgs) -> Result<Results, String> {
                     a.dir.to_string_lossy().into_owned(),
                 ]
             };
-            if n == "pmem-alloc engine" {
-                continue; // same pool as "pmem-alloc pool"
+            if n == "pmem-alloc engine" || n == "floor" {
+                continue; // same pool as "pmem-alloc pool"; the floor never returns memory
             }
             for size in [16usize, 64, 1024] {
                 if persistent {
