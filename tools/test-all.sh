@@ -52,7 +52,7 @@ phase heavy cargo test -p pmem-alloc --release --locked --test crash_pool --test
 # the RESP keyspace's larger crash sweep (thousands of images over every command kind)
 phase heavy-redis cargo test -p pmem-examples --release --locked --test resp_crash -- --ignored --nocapture
 # loom models of the cross-thread structures (the lock source compiled against loom atomics)
-phase loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p pmem-alloc --release --locked --test loom_lock
+phase loom env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p pmem-alloc --release --locked --test loom_lock --test loom_gate
 # AddressSanitizer over the multi-threaded heap tests (needs a nightly toolchain; skipped, and
 # said so, where there is none)
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

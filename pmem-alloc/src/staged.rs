@@ -9,7 +9,7 @@
 //! returns, they survive a crash. An undo transaction ([`Pool::transaction`]) needs three
 //! fences for the same update (see docs/crash-consistency.md); what a staged write gives up is
 //! reading inside the update: the application computes the new bytes first (under its own
-//! lock if other threads update the same ranges).
+//! lock if the new bytes depend on old ones that other threads update).
 //!
 //! # Retirement
 //! The record keeps its lane until it is *retired*: the ranges it wrote are flushed, a fence
@@ -36,8 +36,14 @@
 //! out ([`crate::tx::Tx::get`], [`crate::tx::Tx::get_mut`]): if one of its ranges is borrowed,
 //! the commit fails with [`TxError::Borrowed`] and writes nothing, and while it writes in place
 //! no transaction can borrow its ranges. While no transaction holds borrows this costs no lock
-//! (a per-lane flag that a transaction starting to borrow waits for). Between staged writes to
-//! the same range, order is the application's (see the module's first section).
+//! (a per-lane flag that a transaction starting to borrow waits for: the gate in
+//! `sync/gate.rs`, checked by the loom model `tests/loom_gate.rs`).
+//!
+//! Staged writes whose ranges share a cache line run one after the other: each takes striped
+//! line locks before its sequence number and releases them after its in-place writes. So two
+//! threads writing the same bytes never leave a mix of both updates, and the update that memory
+//! ends with is the one a replay after a crash applies last. Which of two concurrent updates
+//! comes last is not specified; an application that cares orders them itself.
 //!
 //! # Fallbacks
 //! Inside a running transaction of the same pool on the same thread, a staged write joins that
@@ -79,6 +85,7 @@ use crate::layout::{
 use crate::persist::{Hardware, Persist};
 use crate::pool::{Pool, PoolError};
 use crate::pptr::PPtr;
+use crate::sync::LineLocks;
 use crate::tx::{store_u64, LaneTable, TxError};
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -240,17 +247,23 @@ impl<P: Persist + 'static> Staged<'_, P> {
         // The in-place writes below must not change memory that a running transaction has
         // handed out a reference to (safe code would see it change), and no transaction may
         // borrow the ranges until they are written. Fast path, while no transaction holds
-        // borrows: the lane's `applying` flag makes a transaction that starts borrowing wait
+        // borrows: the gate (sync/gate.rs) makes a transaction that starts borrowing wait
         // for the in-place writes (see `Tx::register`). Otherwise the ranges are checked
         // against the borrow table and registered in it as borrowed until they are written.
-        let flag = &t.applying[lane].0;
-        flag.store(true, Ordering::SeqCst);
-        let fast = sh.borrowers.load(Ordering::SeqCst) == 0;
+        //
+        // Staged writes whose ranges share a cache line run one at a time, from before they
+        // take their sequence number until their in-place writes are done, so they reach
+        // memory in sequence order, as a replay would apply them (sync/gate.rs, `LineLocks`).
+        let stripes = LineLocks::mask(
+            entries(&self.buf[STAGED_HEADER..]).map(|(off, len, _)| (base as usize + off, len)),
+        );
+        sh.lines.lock(stripes);
+        let fast = sh.gate.enter(lane);
         if !fast {
-            flag.store(false, Ordering::Release);
             let ranges =
                 entries(&self.buf[STAGED_HEADER..]).map(|(off, len, _)| (base as usize + off, len));
             if let Err(e) = sh.borrow_staged(lane, ranges) {
+                sh.lines.unlock(stripes);
                 sh.release_mask(1 << lane);
                 return Err(e);
             }
@@ -292,10 +305,11 @@ impl<P: Persist + 'static> Staged<'_, P> {
         }
         v.staged_seq = seq;
         if fast {
-            flag.store(false, Ordering::Release);
+            sh.gate.leave(lane);
         } else {
             sh.unborrow_staged(lane);
         }
+        sh.lines.unlock(stripes);
         // hand the lane to the retirer
         t.pending.fetch_or(1 << lane, Ordering::Release);
         Ok(())

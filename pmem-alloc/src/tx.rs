@@ -134,6 +134,7 @@ use crate::layout::{
 use crate::persist::{Hardware, Persist};
 use crate::pool::{Pool, PoolError};
 use crate::pptr::{PPtr, PSafe};
+use crate::sync::{LineLocks, WriteGate};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,7 +216,7 @@ pub(crate) struct LaneVol {
     stage: Vec<u8>,
     /// Ranges registered in the pool's borrow table.
     borrows: usize,
-    /// The transaction is counted in `TxShared::borrowers` (see [`Tx::register`]).
+    /// The transaction is counted in `TxShared::gate` (see [`Tx::register`]).
     announced: bool,
     /// A nested transaction failed: the transaction must abort.
     poisoned: bool,
@@ -245,40 +246,14 @@ pub(crate) struct LaneTable {
     pub(crate) retire_lock: Mutex<Vec<(usize, usize)>>,
     /// Lane 0's `retired` word in the pool.
     pub(crate) retired_word: *mut u8,
-    /// Per lane: a staged write on the fast path (no borrow registration) holds the lane and
-    /// may be writing its ranges in place (see [`Tx::register`]).
-    pub(crate) applying: Box<[PaddedFlag]>,
 }
 
-/// A flag in a cache line of its own.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct PaddedFlag(pub(crate) std::sync::atomic::AtomicBool);
-
 impl LaneTable {
-    /// Waits until no staged write is on its fast path (called by a transaction that has just
-    /// announced its borrows: later staged writes see the announcement and take the slow,
-    /// registering path). Only lanes reserved and not holding a published record can have
-    /// their flag set: a writer reserves its lane (SeqCst) before setting the flag, and clears
-    /// the flag before publishing the lane in `pending`.
-    fn wait_applying(&self, busy: &AtomicU64) {
-        let mut m = busy.load(Ordering::SeqCst) & !self.pending.load(Ordering::Acquire);
-        while m != 0 {
-            let lane = m.trailing_zeros() as usize;
-            m &= m - 1;
-            let Some(f) = self.applying.get(lane) else {
-                break;
-            };
-            let mut spins = 0u32;
-            while f.0.load(Ordering::SeqCst) {
-                spins += 1;
-                if spins < 64 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
+    /// The lanes on which a staged write may be on its fast path: reserved and not holding a
+    /// published record (a writer reserves its lane before it enters the gate, and leaves the
+    /// gate before it publishes the lane in `pending`, with release ordering).
+    fn maybe_writing(&self, busy: &AtomicU64) -> u64 {
+        busy.load(Ordering::Relaxed) & !self.pending.load(Ordering::Acquire)
     }
 }
 
@@ -297,8 +272,11 @@ pub(crate) struct TxShared {
     create: Mutex<()>,
     busy: AtomicU64,
     borrows: Mutex<Vec<Borrow>>,
-    /// Running transactions that have registered (or are registering) borrows.
-    pub(crate) borrowers: AtomicU64,
+    /// Staged writes on their fast path against transactions that borrow (counts the running
+    /// transactions that have registered, or are registering, borrows).
+    pub(crate) gate: WriteGate,
+    /// Serialise staged writes whose ranges share cache lines (in sequence order).
+    pub(crate) lines: LineLocks,
 }
 
 thread_local! {
@@ -356,9 +334,9 @@ impl TxShared {
                     .compare_exchange_weak(
                         cur,
                         cur | 1 << lane,
-                        // SeqCst: ordered before a staged writer's `applying` flag in the
-                        // total order that `LaneTable::wait_applying` relies on
-                        Ordering::SeqCst,
+                        // a borrower that reads `busy` after its gate fence sees the bit of
+                        // a writer whose gate fence came first (sync/gate.rs)
+                        Ordering::AcqRel,
                         Ordering::Relaxed,
                     )
                     .is_ok()
@@ -666,7 +644,6 @@ pub(crate) fn open_lanes<P: Persist + 'static>(
             pending: AtomicU64::new(0),
             retire_lock: Mutex::new(Vec::new()),
             retired_word,
-            applying: (0..nlanes).map(|_| PaddedFlag::default()).collect(),
         },
         rolled,
         replayed,
@@ -1000,18 +977,14 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
             return Ok(());
         }
         if !self.v().announced {
-            // Announce the borrows before making any: a staged write on its fast path sets its
-            // lane's `applying` flag, then reads `borrowers` (both SeqCst); this transaction
-            // increments `borrowers`, then reads every flag (SeqCst). So either the staged
-            // write sees the announcement (and registers its ranges in the table, where the
-            // check below finds them), or this transaction sees its flag and waits until its
-            // in-place writes are done. No reference is handed out over memory being written.
+            // Announce the borrows before making any (sync/gate.rs): a staged write on its
+            // fast path either sees the announcement (and registers its ranges in the table,
+            // where the check below finds them), or this transaction waits until its in-place
+            // writes are done. No reference is handed out over memory being written.
             self.v().announced = true;
             let sh = self.pool.tx_shared();
-            sh.borrowers.fetch_add(1, Ordering::SeqCst);
-            if let Some(t) = sh.table() {
-                t.wait_applying(&sh.busy);
-            }
+            sh.gate
+                .announce(|| sh.table().map_or(0, |t| t.maybe_writing(&sh.busy)));
         }
         let end = start + len;
         let mut b = self.pool.tx_shared().lock_borrows();
@@ -1450,10 +1423,7 @@ impl<'t, P: Persist + 'static> Tx<'t, P> {
         v.poisoned = false;
         if v.announced {
             v.announced = false;
-            self.pool
-                .tx_shared()
-                .borrowers
-                .fetch_sub(1, Ordering::Release);
+            self.pool.tx_shared().gate.withdraw();
         }
         if v.borrows > 0 {
             v.borrows = 0;

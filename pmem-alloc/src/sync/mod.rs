@@ -1,10 +1,11 @@
-//! Synchronisation for the engine. The lock lives in `lock.rs`, written against `atomic` and
-//! `yield_now` from this module so that the loom tests can compile it against loom.
+//! Synchronisation for the engine. The lock lives in `lock.rs` and the staged-write gate in
+//! `gate.rs`, both written against `atomic`, `spin_hint` and `yield_now` from this module so
+//! that the loom tests can compile them against loom.
 
 pub(crate) mod atomic {
     #[allow(unused_imports)]
     pub(crate) use std::sync::atomic::{
-        AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
     };
 }
 
@@ -25,6 +26,8 @@ fn yield_now() {
     std::thread::yield_now();
 }
 
+mod gate;
 mod lock;
+pub(crate) use gate::{LineLocks, WriteGate};
 #[allow(unused_imports)]
 pub(crate) use lock::{Guard, Locked, RawLock};

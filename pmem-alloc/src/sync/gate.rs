@@ -1,0 +1,196 @@
+//! The gate between staged writes on their fast path and transactions that hand out references
+//! into the pool.
+//!
+//! A staged write changes its ranges in place after its commit fence. Safe code must never see
+//! memory change under a reference that a running transaction handed out, so a staged write
+//! either registers its ranges in the borrow table (the slow path, which refuses borrowed
+//! ranges) or, while no transaction holds borrows, skips the table: the fast path. The gate
+//! makes the fast path safe without a lock, with the store-buffering (Dekker) pattern:
+//!
+//! - a writer sets its lane's flag, then a sequentially consistent fence, then reads the
+//!   number of borrowing transactions; if it is not zero, it clears its flag and takes the slow
+//!   path;
+//! - a transaction about to borrow for the first time increments that number, then a
+//!   sequentially consistent fence, then waits until the flag of every lane that may be on the
+//!   fast path is clear.
+//!
+//! The two fences are ordered one way or the other: either the writer's fence comes first, so
+//! the transaction's wait sees the flag and waits for the in-place writes, or the
+//! transaction's fence comes first, so the writer sees the borrower and registers. Fences
+//! rather than sequentially consistent accesses: the model checker (loom) models such fences
+//! exactly, so the proof in `tests/loom_gate.rs` is a proof of this code.
+//!
+//! This file is compiled twice: into the library (std atomics, via `super::atomic`) and into
+//! the loom model test `tests/loom_gate.rs`.
+
+use super::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+
+/// A flag in a cache line of its own (writers on different lanes do not share lines).
+#[derive(Debug)]
+#[repr(align(128))]
+struct PaddedFlag(AtomicBool);
+
+/// The per-pool gate: one fast-path flag per lane, and the number of transactions that borrow.
+#[derive(Debug)]
+pub(crate) struct WriteGate {
+    fast: Box<[PaddedFlag]>,
+    borrowers: AtomicU64,
+}
+
+impl Default for WriteGate {
+    /// A gate for the most lanes a pool can have (64).
+    fn default() -> WriteGate {
+        WriteGate::new(64)
+    }
+}
+
+impl WriteGate {
+    /// A gate for `lanes` lanes (at most 64).
+    pub(crate) fn new(lanes: usize) -> WriteGate {
+        WriteGate {
+            fast: (0..lanes.min(64))
+                .map(|_| PaddedFlag(AtomicBool::new(false)))
+                .collect(),
+            borrowers: AtomicU64::new(0),
+        }
+    }
+
+    /// A writer holding `lane` asks for the fast path. True: no transaction borrows, and none
+    /// will hand out a reference before [`WriteGate::leave`]; the writer may write in place.
+    /// False: a transaction borrows (or is starting to); the writer must register its ranges.
+    pub(crate) fn enter(&self, lane: usize) -> bool {
+        let Some(f) = self.fast.get(lane) else {
+            return false;
+        };
+        f.0.store(true, Ordering::Relaxed);
+        // Dekker: the flag is visible to a borrower whose fence comes after this one.
+        fence(Ordering::SeqCst);
+        // Acquire: a transaction that withdrew (release) finished reading through its
+        // references before this writer writes.
+        if self.borrowers.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        f.0.store(false, Ordering::Relaxed);
+        false
+    }
+
+    /// Ends a fast-path write begun by a successful [`WriteGate::enter`]: the in-place writes
+    /// happen before the return of a borrower's wait that sees the flag clear.
+    pub(crate) fn leave(&self, lane: usize) {
+        if let Some(f) = self.fast.get(lane) {
+            f.0.store(false, Ordering::Release);
+        }
+    }
+
+    /// A transaction is about to borrow for the first time: counts it, then waits until no
+    /// writer is on the fast path on any lane of `lanes()` (a mask of the lanes that may be;
+    /// read after the fence). Later writers see the count and take the slow path.
+    pub(crate) fn announce(&self, lanes: impl FnOnce() -> u64) {
+        self.borrowers.fetch_add(1, Ordering::Relaxed);
+        // Dekker: a writer whose fence comes after this one sees the count.
+        fence(Ordering::SeqCst);
+        let mut m = lanes();
+        while m != 0 {
+            let lane = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let Some(f) = self.fast.get(lane) else {
+                break;
+            };
+            let mut spins = 0u32;
+            while f.0.load(Ordering::Acquire) {
+                spins += 1;
+                if spins < 64 {
+                    super::spin_hint();
+                } else {
+                    super::yield_now();
+                }
+            }
+        }
+    }
+
+    /// The transaction that announced itself no longer borrows.
+    pub(crate) fn withdraw(&self) {
+        self.borrowers.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Striped locks over cache lines that serialise staged writes whose ranges share a line.
+///
+/// Two staged writes of the same bytes must not write them in place at the same time (a data
+/// race, and a mix of both updates in memory), and they must reach memory in the order of
+/// their sequence numbers, which is the order a replay after a crash applies them in. So a
+/// staged write takes the locks of its lines before it takes its sequence number and holds them
+/// until its in-place writes are done. A line maps to one of 64 stripes; a write takes its
+/// stripes in ascending order (no deadlock), and writes whose lines do not share a stripe never
+/// wait for each other.
+#[derive(Debug)]
+pub(crate) struct LineLocks {
+    stripes: Box<[PaddedFlag]>,
+}
+
+impl Default for LineLocks {
+    fn default() -> LineLocks {
+        LineLocks {
+            stripes: (0..64)
+                .map(|_| PaddedFlag(AtomicBool::new(false)))
+                .collect(),
+        }
+    }
+}
+
+impl LineLocks {
+    /// The stripes of the cache lines of `ranges` (address, length), as a bit mask.
+    pub(crate) fn mask(ranges: impl Iterator<Item = (usize, usize)>) -> u64 {
+        let mut m = 0u64;
+        for (start, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            let (first, last) = (start >> 6, (start + len - 1) >> 6);
+            if last - first >= 63 {
+                return u64::MAX;
+            }
+            for line in first..=last {
+                m |= 1 << Self::stripe(line);
+            }
+        }
+        m
+    }
+
+    /// The stripe of cache line `line` (address / 64).
+    fn stripe(line: usize) -> u32 {
+        ((line ^ (line >> 6) ^ (line >> 12) ^ (line >> 18)) & 63) as u32
+    }
+
+    /// Takes the stripes of `mask`, in ascending order, waiting while another write holds one.
+    pub(crate) fn lock(&self, mask: u64) {
+        let mut m = mask;
+        while m != 0 {
+            let s = &self.stripes[m.trailing_zeros() as usize].0;
+            m &= m - 1;
+            let mut spins = 0u32;
+            while s
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                spins += 1;
+                if spins < 64 {
+                    super::spin_hint();
+                } else {
+                    super::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Releases the stripes of `mask` (taken by [`LineLocks::lock`]).
+    pub(crate) fn unlock(&self, mask: u64) {
+        let mut m = mask;
+        while m != 0 {
+            self.stripes[m.trailing_zeros() as usize]
+                .0
+                .store(false, Ordering::Release);
+            m &= m - 1;
+        }
+    }
+}
