@@ -39,8 +39,8 @@
 //! (a per-lane flag that a transaction starting to borrow waits for: the gate in
 //! `sync/gate.rs`, checked by the loom model `tests/loom_gate.rs`).
 //!
-//! Staged writes whose ranges share a cache line run one after the other: each takes striped
-//! line locks before its sequence number and releases them after its in-place writes. So two
+//! Staged writes whose ranges share a page run one after the other: each takes striped page
+//! locks before its sequence number and releases them after its in-place writes. So two
 //! threads writing the same bytes never leave a mix of both updates, and the update that memory
 //! ends with is the one a replay after a crash applies last. Which of two concurrent updates
 //! comes last is not specified; an application that cares orders them itself.
@@ -85,7 +85,7 @@ use crate::layout::{
 use crate::persist::{Hardware, Persist};
 use crate::pool::{Pool, PoolError};
 use crate::pptr::PPtr;
-use crate::sync::LineLocks;
+use crate::sync::RangeLocks;
 use crate::tx::{store_u64, LaneTable, TxError};
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -251,19 +251,19 @@ impl<P: Persist + 'static> Staged<'_, P> {
         // for the in-place writes (see `Tx::register`). Otherwise the ranges are checked
         // against the borrow table and registered in it as borrowed until they are written.
         //
-        // Staged writes whose ranges share a cache line run one at a time, from before they
+        // Staged writes whose ranges share a page run one at a time, from before they
         // take their sequence number until their in-place writes are done, so they reach
-        // memory in sequence order, as a replay would apply them (sync/gate.rs, `LineLocks`).
-        let stripes = LineLocks::mask(
+        // memory in sequence order, as a replay would apply them (sync/gate.rs, `RangeLocks`).
+        let stripes = RangeLocks::mask(
             entries(&self.buf[STAGED_HEADER..]).map(|(off, len, _)| (base as usize + off, len)),
         );
-        sh.lines.lock(stripes);
+        sh.ranges.lock(stripes);
         let fast = sh.gate.enter(lane);
         if !fast {
             let ranges =
                 entries(&self.buf[STAGED_HEADER..]).map(|(off, len, _)| (base as usize + off, len));
             if let Err(e) = sh.borrow_staged(lane, ranges) {
-                sh.lines.unlock(stripes);
+                sh.ranges.unlock(stripes);
                 sh.release_mask(1 << lane);
                 return Err(e);
             }
@@ -309,7 +309,7 @@ impl<P: Persist + 'static> Staged<'_, P> {
         } else {
             sh.unborrow_staged(lane);
         }
-        sh.lines.unlock(stripes);
+        sh.ranges.unlock(stripes);
         // hand the lane to the retirer
         t.pending.fetch_or(1 << lane, Ordering::Release);
         Ok(())

@@ -134,7 +134,7 @@ use crate::layout::{
 use crate::persist::{Hardware, Persist};
 use crate::pool::{Pool, PoolError};
 use crate::pptr::{PPtr, PSafe};
-use crate::sync::{LineLocks, WriteGate};
+use crate::sync::{RangeLocks, WriteGate};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,8 +275,8 @@ pub(crate) struct TxShared {
     /// Staged writes on their fast path against transactions that borrow (counts the running
     /// transactions that have registered, or are registering, borrows).
     pub(crate) gate: WriteGate,
-    /// Serialise staged writes whose ranges share cache lines (in sequence order).
-    pub(crate) lines: LineLocks,
+    /// Serialise staged writes whose ranges share pages (in sequence order).
+    pub(crate) ranges: RangeLocks,
 }
 
 thread_local! {

@@ -4,7 +4,7 @@
 //!
 //! The properties: memory that a staged write changes in place on its fast path is never read
 //! through a reference that a transaction handed out while the write is in progress, and two
-//! staged writes of the same bytes never write them at the same time (`LineLocks`). The data
+//! staged writes of the same bytes never write them at the same time (`RangeLocks`). The data
 //! is a `loom::cell::UnsafeCell`: loom fails the model on any two accesses to it, one a write,
 //! that are not ordered by happens-before. The lane bookkeeping (`busy`, `pending`) follows the lane table:
 //! a writer reserves its lane before it enters the gate and publishes it in `pending` after it
@@ -29,7 +29,7 @@ fn spin_hint() {
 mod gate;
 
 use atomic::{AtomicU64, Ordering};
-use gate::{LineLocks, WriteGate};
+use gate::{RangeLocks, WriteGate};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 
@@ -49,7 +49,7 @@ fn model_bounded<F: Fn() + Sync + Send + 'static>(preemptions: usize, f: F) {
 /// A pool as the gate sees it: the lanes' bits and one object staged writes change.
 struct Shared {
     gate: WriteGate,
-    lines: LineLocks,
+    ranges: RangeLocks,
     busy: AtomicU64,
     pending: AtomicU64,
     data: UnsafeCell<u64>,
@@ -65,7 +65,7 @@ impl Shared {
     fn new(lanes: usize) -> Arc<Shared> {
         Arc::new(Shared {
             gate: WriteGate::new(lanes),
-            lines: LineLocks::default(),
+            ranges: RangeLocks::default(),
             busy: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             data: UnsafeCell::new(0),
@@ -80,8 +80,8 @@ impl Shared {
     fn staged_write(&self, lane: usize) {
         self.busy.fetch_or(1 << lane, Ordering::AcqRel);
         // the object's 8 bytes at a pool address (any: the stripe is what matters)
-        let stripes = LineLocks::mask([(0x1000usize, 8usize)].into_iter());
-        self.lines.lock(stripes);
+        let stripes = RangeLocks::mask([(0x1000usize, 8usize)].into_iter());
+        self.ranges.lock(stripes);
         if self.gate.enter(lane) {
             // SAFETY: checked by loom: no reference is out while the gate is entered.
             self.data.with_mut(|p| unsafe { *p += 1 });
@@ -90,7 +90,7 @@ impl Shared {
         } else {
             self.slow.fetch_add(1, Ordering::Relaxed);
         }
-        self.lines.unlock(stripes);
+        self.ranges.unlock(stripes);
         self.pending.fetch_or(1 << lane, Ordering::Release);
     }
 

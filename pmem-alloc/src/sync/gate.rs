@@ -114,83 +114,76 @@ impl WriteGate {
     }
 }
 
-/// Striped locks over cache lines that serialise staged writes whose ranges share a line.
+/// Striped locks over pool pages that serialise staged writes whose ranges share a page.
 ///
 /// Two staged writes of the same bytes must not write them in place at the same time (a data
 /// race, and a mix of both updates in memory), and they must reach memory in the order of
 /// their sequence numbers, which is the order a replay after a crash applies them in. So a
-/// staged write takes the locks of its lines before it takes its sequence number and holds them
-/// until its in-place writes are done. A line maps to one of 64 stripes; a write takes its
-/// stripes in ascending order (no deadlock), and writes whose lines do not share a stripe never
-/// wait for each other.
-#[derive(Debug)]
-pub(crate) struct LineLocks {
-    stripes: Box<[PaddedFlag]>,
+/// staged write takes the locks of its pages before it takes its sequence number and holds them
+/// until its in-place writes are done. A 4 KiB page maps to one of 64 stripes, and the stripes
+/// are the bits of one word: a write takes all of its stripes with one compare-and-swap (no
+/// deadlock, no lock order) and releases them with one atomic AND. Writes whose pages do not
+/// share a stripe never wait for each other; an update of one object usually needs one stripe.
+#[derive(Debug, Default)]
+pub(crate) struct RangeLocks {
+    held: AtomicU64,
 }
 
-impl Default for LineLocks {
-    fn default() -> LineLocks {
-        LineLocks {
-            stripes: (0..64)
-                .map(|_| PaddedFlag(AtomicBool::new(false)))
-                .collect(),
-        }
-    }
-}
-
-impl LineLocks {
-    /// The stripes of the cache lines of `ranges` (address, length), as a bit mask.
+impl RangeLocks {
+    /// The stripes of the pages of `ranges` (address, length), as a bit mask.
     pub(crate) fn mask(ranges: impl Iterator<Item = (usize, usize)>) -> u64 {
         let mut m = 0u64;
         for (start, len) in ranges {
             if len == 0 {
                 continue;
             }
-            let (first, last) = (start >> 6, (start + len - 1) >> 6);
+            let (first, last) = (start >> 12, (start + len - 1) >> 12);
             if last - first >= 63 {
                 return u64::MAX;
             }
-            for line in first..=last {
-                m |= 1 << Self::stripe(line);
+            for page in first..=last {
+                m |= 1 << Self::stripe(page);
             }
         }
         m
     }
 
-    /// The stripe of cache line `line` (address / 64).
-    fn stripe(line: usize) -> u32 {
-        ((line ^ (line >> 6) ^ (line >> 12) ^ (line >> 18)) & 63) as u32
+    /// The stripe of page `page` (address / 4096).
+    fn stripe(page: usize) -> u32 {
+        ((page ^ (page >> 6) ^ (page >> 12) ^ (page >> 18)) & 63) as u32
     }
 
-    /// Takes the stripes of `mask`, in ascending order, waiting while another write holds one.
+    /// Takes every stripe of `mask` at once, waiting while another write holds any of them.
     pub(crate) fn lock(&self, mask: u64) {
-        let mut m = mask;
-        while m != 0 {
-            let s = &self.stripes[m.trailing_zeros() as usize].0;
-            m &= m - 1;
-            let mut spins = 0u32;
-            while s
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                spins += 1;
-                if spins < 64 {
-                    super::spin_hint();
-                } else {
-                    super::yield_now();
+        let mut spins = 0u32;
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur & mask == 0 {
+                match self.held.compare_exchange_weak(
+                    cur,
+                    cur | mask,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return,
+                    Err(now) => {
+                        cur = now;
+                        continue;
+                    }
                 }
             }
+            spins += 1;
+            if spins < 64 {
+                super::spin_hint();
+            } else {
+                super::yield_now();
+            }
+            cur = self.held.load(Ordering::Relaxed);
         }
     }
 
-    /// Releases the stripes of `mask` (taken by [`LineLocks::lock`]).
+    /// Releases the stripes of `mask` (taken by [`RangeLocks::lock`]).
     pub(crate) fn unlock(&self, mask: u64) {
-        let mut m = mask;
-        while m != 0 {
-            self.stripes[m.trailing_zeros() as usize]
-                .0
-                .store(false, Ordering::Release);
-            m &= m - 1;
-        }
+        self.held.fetch_and(!mask, Ordering::Release);
     }
 }

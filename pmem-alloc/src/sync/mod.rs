@@ -28,6 +28,6 @@ fn yield_now() {
 
 mod gate;
 mod lock;
-pub(crate) use gate::{LineLocks, WriteGate};
+pub(crate) use gate::{RangeLocks, WriteGate};
 #[allow(unused_imports)]
 pub(crate) use lock::{Guard, Locked, RawLock};
