@@ -14,7 +14,9 @@
 //!   pushes, with no lock, no atomic read-modify-write, no flush and no fence. Caches refill
 //!   from and flush to the per-class *bins* (one lock each) in batches; a block freed by a
 //!   thread other than the one that took it goes back to the bin in a batch (see "Runs per
-//!   thread and remote frees").
+//!   thread and remote frees"). Each class has `SHARDS` (8) bins: a thread refills from the
+//!   shard of its id, and a block goes back to the shard of its run, so threads do not contend
+//!   for one lock per class. A batch going back is gathered per run and bitmap word.
 //! - Large allocations (> 32 KiB) take page extents from the extent allocator (one lock).
 //!
 //! # Runs per thread and remote frees
@@ -37,7 +39,8 @@
 //! time: after a crash, the `recovery` module rebuilds it by a reachability scan from the root.
 //!
 //! # Locks
-//! Order: bin lock, then extent lock; the thread registry lock is outermost. No lock is held
+//! Order: bin lock, then extent lock; the thread registry lock is outermost. At most one bin
+//! lock is held at a time (a shard out of memory takes from the others one after the other). No lock is held
 //! while calling user code, and nothing here allocates from the global allocator.
 
 mod tcache;
@@ -79,7 +82,8 @@ pub(crate) struct PageMeta {
     pub(crate) class: u8,
     /// `F_*` flags.
     pub(crate) flags: u8,
-    _r: u8,
+    /// The bin shard whose lists hold a run (head page; see [`SHARDS`]).
+    pub(crate) shard: u8,
     /// Free blocks in a run (blocks in thread caches count as taken).
     pub(crate) nfree: u32,
     /// List links: free-extent bins or a bin's partial-run list.
@@ -152,6 +156,18 @@ struct Bin {
     empty_runs: usize,
     /// Blocks currently out of runs (in use, or in thread caches).
     blocks_out: u64,
+}
+
+/// Bin shards per size class. A thread takes blocks from (and creates runs in) the shard of
+/// its id, so the cache refills and flushes of different threads do not contend for one lock;
+/// blocks go back to the shard of their run. A shard out of runs and out of extents takes from
+/// the others before an allocation fails.
+pub(crate) const SHARDS: usize = 8;
+
+/// The shard of thread id `owner` (0, no cache: shard 0).
+#[inline]
+fn shard_of(owner: u32) -> usize {
+    owner as usize % SHARDS
 }
 
 /// Cache-padded wrapper (false sharing between bins).
@@ -276,7 +292,10 @@ pub struct HeapCore<P: Persist> {
     owners: AnonRegion,
     touched: [AtomicU64; MAX_THREADS / 64],
     extents: Locked<ExtentState>,
-    bins: [Padded<Locked<Bin>>; NCLASSES],
+    /// `NCLASSES * SHARDS` bins (`Padded<Locked<Bin>>`, initialised in `new`): class `c`,
+    /// shard `s` at `c * SHARDS + s` (see [`SHARDS`]). In a mapping of its own, like the other
+    /// tables, so that creating a heap does not allocate from the global allocator.
+    bins: AnonRegion,
     large_live: AtomicUsize,
     registered: std::sync::atomic::AtomicBool,
     /// Punch holes into free extents of at least this many pages (0 = never).
@@ -326,6 +345,18 @@ impl<P: Persist + 'static> HeapCore<P> {
         let bitmaps = AnonRegion::new(max_pages * BITMAP_BYTES_PER_PAGE)?;
         let tcaches = AnonRegion::new(MAX_THREADS * std::mem::size_of::<TCache>())?;
         let owners = AnonRegion::new(max_pages * std::mem::size_of::<AtomicU32>())?;
+        let bins = AnonRegion::new(NCLASSES * SHARDS * std::mem::size_of::<Padded<Locked<Bin>>>())?;
+        for i in 0..NCLASSES * SHARDS {
+            let bin = Padded(Locked::new(Bin {
+                partial: NIL,
+                runs: 0,
+                empty_runs: 0,
+                blocks_out: 0,
+            }));
+            // SAFETY: the mapping holds `NCLASSES * SHARDS` entries, page aligned (so aligned
+            // for the padded type); nothing else refers to it yet.
+            unsafe { bins.ptr().cast::<Padded<Locked<Bin>>>().add(i).write(bin) };
+        }
         Ok(HeapCore {
             base,
             max_pages,
@@ -346,14 +377,7 @@ impl<P: Persist + 'static> HeapCore<P> {
                 dirty_free: 0,
                 dirty_floor: 0,
             }),
-            bins: std::array::from_fn(|_| {
-                Padded(Locked::new(Bin {
-                    partial: NIL,
-                    runs: 0,
-                    empty_runs: 0,
-                    blocks_out: 0,
-                }))
-            }),
+            bins,
             large_live: AtomicUsize::new(0),
             registered: std::sync::atomic::AtomicBool::new(false),
             punch_pages: if opts.punch_bytes == 0 {
@@ -847,20 +871,65 @@ impl<P: Persist + 'static> HeapCore<P> {
 
     // ------------------------------------------------------------------ runs and bins
 
+    /// The bin of class `c`, shard `s`.
+    #[inline]
+    fn bin(&self, c: usize, s: usize) -> &Locked<Bin> {
+        debug_assert!(c < NCLASSES && s < SHARDS);
+        // SAFETY: `new` initialised `NCLASSES * SHARDS` bins in this mapping, which lives as
+        // long as the heap; they are only used through shared references (each behind its
+        // lock).
+        unsafe {
+            &(*self
+                .bins
+                .ptr()
+                .cast::<Padded<Locked<Bin>>>()
+                .add(c * SHARDS + s))
+            .0
+        }
+    }
+
     /// Takes up to `want` blocks of class `c` from the bins into `out`, creating runs as needed.
     /// Returns the number taken (0 = out of memory).
-    /// `owner` (the taking thread's id, 0 for none) becomes the owner hint of every run taken
-    /// from.
+    /// `owner` (the taking thread's id, 0 for none) chooses the shard and becomes the owner hint
+    /// of every run taken from. Out of extents, the other shards' partial runs are used.
     fn take_blocks(&self, c: usize, out: &mut [*mut u8], want: usize, owner: u32) -> usize {
+        let home = shard_of(owner);
+        let mut got = self.take_from(c, home, &mut out[..want], owner, true);
+        for s in (0..SHARDS).filter(|&s| s != home) {
+            if got == want {
+                break;
+            }
+            got += self.take_from(c, s, &mut out[got..want], owner, false);
+        }
+        got
+    }
+
+    /// Takes up to `out.len()` blocks from the bin of class `c`, shard `s`; with `create`, new
+    /// runs are made as needed (else only the shard's partial runs are used).
+    fn take_from(
+        &self,
+        c: usize,
+        s: usize,
+        out: &mut [*mut u8],
+        owner: u32,
+        create: bool,
+    ) -> usize {
+        let want = out.len();
         let size = class_size(c);
         let mut got = 0;
-        let mut bin = self.bins[c].0.lock();
+        let mut bin = self.bin(c, s).lock();
         while got < want {
-            let r = match self.pick_partial(&bin, owner) {
+            let picked = if create {
+                self.pick_partial(&bin, owner)
+            } else {
+                (bin.partial != NIL).then_some(bin.partial as usize)
+            };
+            let r = match picked {
                 Some(r) => r,
+                None if !create => break,
                 None => match self.alloc_extent(run_pages(c), 1, ExtentKind::Run, c as u8) {
                     Some(r) => {
-                        self.init_run(r, c);
+                        self.init_run(r, c, s);
                         bin.runs += 1;
                         bin.empty_runs += 1;
                         self.partial_push(&mut bin, r);
@@ -871,7 +940,7 @@ impl<P: Persist + 'static> HeapCore<P> {
                     None => break,
                 },
             };
-            // SAFETY: `r` is a run head of class `c`; bin lock held.
+            // SAFETY: `r` is a run head of class `c` in this shard; bin lock held.
             let m = unsafe { self.pm(r) };
             if m.nfree as usize == run_blocks(c) {
                 bin.empty_runs -= 1;
@@ -946,7 +1015,7 @@ impl<P: Persist + 'static> HeapCore<P> {
         None
     }
 
-    fn init_run(&self, r: usize, c: usize) {
+    fn init_run(&self, r: usize, c: usize, shard: usize) {
         let np = run_pages(c);
         let nb = run_blocks(c);
         let words = self.bitmap_words(r);
@@ -961,6 +1030,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             let m = self.pm(r);
             m.nfree = nb as u32;
             m.len = np as u32;
+            m.shard = shard as u8;
             for w in 0..np * BM_WORDS {
                 // bits past the last block are permanently "taken"
                 let first = w * 64;
@@ -1012,44 +1082,104 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
     }
 
-    /// Returns blocks of class `c` to their runs; releases runs that become empty (keeping one).
+    /// Returns blocks of class `c` to their runs; releases runs that become empty (keeping one
+    /// per shard). Each block goes back under the lock of its run's shard. Consecutive blocks of
+    /// one run (the usual case: caches hand blocks back in the order they took them) are
+    /// gathered first: one write per bitmap word and one count update per run, instead of a
+    /// chain of read-modify-writes of the same words per block.
     fn return_blocks(&self, c: usize, blocks: &[*mut u8]) {
-        let nb = run_blocks(c) as u32;
         let run_bytes = run_pages(c) * PAGE;
-        let mut bin = self.bins[c].0.lock();
-        // the run of the previous block: consecutive blocks usually share it
-        let (mut r, mut rbase) = (usize::MAX, 0usize);
+        // the run being gathered: head page, base address, blocks gathered, and the bitmap
+        // word being gathered (index, bits)
+        let mut r = usize::MAX;
+        let mut rbase = 0usize;
+        let mut k = 0u32;
+        let (mut wi, mut wbits) = (usize::MAX, 0u64);
+        let mut held: Option<(usize, crate::sync::Guard<'_, Bin>)> = None;
+        let mut n_held = 0u64;
         for &b in blocks {
-            // SAFETY: `b` came from a run of class `c` of this heap; bin lock held.
-            unsafe {
-                if (b as usize).wrapping_sub(rbase) >= run_bytes {
-                    r = self.pm(self.page_of(b)).head as usize;
-                    rbase = self.page_ptr(r) as usize;
+            if (b as usize).wrapping_sub(rbase) >= run_bytes {
+                if let Some((_, bin)) = held.as_mut() {
+                    self.clear_bits(r, wi, wbits);
+                    self.blocks_back(bin, c, r, k);
                 }
-                let idx = size_class::block_index(c, b as usize - rbase);
-                let word = &mut *self.bitmap_words(r).add(idx / 64);
-                debug_assert!(*word & (1 << (idx % 64)) != 0, "double free of {b:p}");
-                *word &= !(1 << (idx % 64));
-                let m = self.pm(r);
-                m.nfree += 1;
-                if m.nfree == 1 {
-                    self.partial_push(&mut bin, r);
-                }
-                if m.nfree == nb {
-                    for pg in r..r + run_pages(c) {
-                        self.owner(pg).store(0, Ordering::Relaxed);
+                (k, wi, wbits) = (0, usize::MAX, 0);
+                // SAFETY: `b` is a taken block of a run of this heap, so its run cannot be
+                // released meanwhile: the head and shard of its pages are stable (read through
+                // the raw pointer, without a reference to metadata others may be updating).
+                let (head, shard) = unsafe {
+                    let h = (*self.meta_at(self.page_of(b))).head as usize;
+                    (h, (*self.meta_at(h)).shard as usize)
+                };
+                r = head;
+                rbase = self.page_ptr(r) as usize;
+                if held.as_ref().map(|h| h.0) != Some(shard) {
+                    if let Some((_, mut g)) = held.take() {
+                        g.blocks_out -= n_held;
                     }
-                    if bin.empty_runs >= 1 {
-                        self.partial_remove(&mut bin, r);
-                        bin.runs -= 1;
-                        self.free_extent(r);
-                    } else {
-                        bin.empty_runs += 1;
-                    }
+                    n_held = 0;
+                    held = Some((shard, self.bin(c, shard).lock()));
                 }
             }
+            let idx = size_class::block_index(c, b as usize - rbase);
+            if idx / 64 != wi {
+                self.clear_bits(r, wi, wbits);
+                (wi, wbits) = (idx / 64, 0);
+            }
+            debug_assert!(wbits & (1 << (idx % 64)) == 0, "double free of {b:p}");
+            wbits |= 1 << (idx % 64);
+            k += 1;
+            n_held += 1;
         }
-        bin.blocks_out -= blocks.len() as u64;
+        if let Some((_, mut g)) = held {
+            self.clear_bits(r, wi, wbits);
+            self.blocks_back(&mut g, c, r, k);
+            g.blocks_out -= n_held;
+        }
+    }
+
+    /// Marks the blocks `bits` of bitmap word `wi` of run `r` free (nothing when `bits` is 0).
+    /// The lock of the run's shard must be held.
+    #[inline]
+    fn clear_bits(&self, r: usize, wi: usize, bits: u64) {
+        if bits == 0 {
+            return;
+        }
+        // SAFETY: `wi` indexes the bitmap of run `r` (a block index / 64); the run's shard lock
+        // is held by the caller.
+        let word = unsafe { &mut *self.bitmap_words(r).add(wi) };
+        debug_assert!(*word & bits == bits, "double free in run {r}");
+        *word &= !bits;
+    }
+
+    /// Counts `k` blocks back into run `r` of class `c` (its bits already cleared): the run
+    /// joins its bin's partial list if it was full, and is released if it is now empty and the
+    /// bin keeps an empty run already.
+    fn blocks_back(&self, bin: &mut Bin, c: usize, r: usize, k: u32) {
+        if k == 0 {
+            return;
+        }
+        let nb = run_blocks(c) as u32;
+        // SAFETY: `r` is a run head of class `c`; its shard's lock is held.
+        let m = unsafe { self.pm(r) };
+        let was = m.nfree;
+        m.nfree += k;
+        debug_assert!(m.nfree <= nb, "run {r}: more blocks back than it has");
+        if was == 0 {
+            self.partial_push(bin, r);
+        }
+        if m.nfree == nb {
+            for pg in r..r + run_pages(c) {
+                self.owner(pg).store(0, Ordering::Relaxed);
+            }
+            if bin.empty_runs >= 1 {
+                self.partial_remove(bin, r);
+                bin.runs -= 1;
+                self.free_extent(r);
+            } else {
+                bin.empty_runs += 1;
+            }
+        }
     }
 
     // ------------------------------------------------------------------ public allocation API
@@ -1394,8 +1524,8 @@ impl<P: Persist + 'static> HeapCore<P> {
     unsafe fn lock_all_erased(heap: usize) {
         // SAFETY: forwarded.
         let h = unsafe { &*(heap as *const Self) };
-        for b in &h.bins {
-            b.0.raw().lock();
+        for b in (0..NCLASSES * SHARDS).map(|i| h.bin(i / SHARDS, i % SHARDS)) {
+            b.raw().lock();
         }
         h.extents.raw().lock();
     }
@@ -1407,8 +1537,8 @@ impl<P: Persist + 'static> HeapCore<P> {
         unsafe {
             let h = &*(heap as *const Self);
             h.extents.raw().unlock();
-            for b in &h.bins {
-                b.0.raw().unlock();
+            for b in (0..NCLASSES * SHARDS).map(|i| h.bin(i / SHARDS, i % SHARDS)) {
+                b.raw().unlock();
             }
         }
     }
@@ -1447,8 +1577,9 @@ impl<P: Persist + 'static> HeapCore<P> {
         let mut s = HeapStats::default();
         let mut small_out = 0u64;
         for c in 0..NCLASSES {
-            let b = self.bins[c].0.lock();
-            small_out += b.blocks_out * class_size(c) as u64;
+            for sh in 0..SHARDS {
+                small_out += self.bin(c, sh).lock().blocks_out * class_size(c) as u64;
+            }
         }
         let mut cached = 0u64;
         for w in 0..MAX_THREADS / 64 {
@@ -1483,13 +1614,18 @@ impl<P: Persist + 'static> HeapCore<P> {
     pub fn detail(&self) -> HeapDetail {
         let mut d = HeapDetail::default();
         for c in 0..NCLASSES {
-            let b = self.bins[c].0.lock();
-            if b.runs > 0 || b.blocks_out > 0 {
+            let (mut runs, mut blocks_out) = (0, 0);
+            for sh in 0..SHARDS {
+                let b = self.bin(c, sh).lock();
+                runs += b.runs;
+                blocks_out += b.blocks_out;
+            }
+            if runs > 0 || blocks_out > 0 {
                 d.classes.push(ClassDetail {
                     size: class_size(c),
-                    runs: b.runs,
-                    blocks_out: b.blocks_out,
-                    capacity: (b.runs * run_blocks(c)) as u64,
+                    runs,
+                    blocks_out,
+                    capacity: (runs * run_blocks(c)) as u64,
                 });
             }
         }
@@ -1763,7 +1899,9 @@ impl<P: Persist + 'static> HeapCore<P> {
                             // SAFETY: as above.
                             *v = unsafe { *words.add(w) };
                         }
-                        self.init_run(p, c);
+                        // runs found at open are spread over the shards
+                        let shard = (p / run_pages(c)) % SHARDS;
+                        self.init_run(p, c, shard);
                         for (w, v) in saved.iter().enumerate().take(nb.div_ceil(64)) {
                             // SAFETY: as above.
                             unsafe { *words.add(w) |= *v };
@@ -1771,7 +1909,7 @@ impl<P: Persist + 'static> HeapCore<P> {
                         // SAFETY: as above.
                         unsafe { self.pm(p).nfree = (nb - taken) as u32 };
                         ex.run_pages += len;
-                        let mut bin = self.bins[c].0.lock();
+                        let mut bin = self.bin(c, shard).lock();
                         bin.runs += 1;
                         bin.blocks_out += taken as u64;
                         if taken < nb {
