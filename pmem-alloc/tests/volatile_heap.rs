@@ -468,3 +468,43 @@ fn a_full_heap_serves_a_thread_from_blocks_freed_in_another_threads_shard() {
     assert_eq!(h.stats().in_use, 0, "{}", h.stats());
     h.core().check().unwrap();
 }
+
+/// Sharding the bins does not multiply the memory held in empty runs: after threads on
+/// different shards allocate and free blocks of one class and exit, at most one completely free
+/// run of that class is kept; the others went back to the extent allocator.
+#[test]
+fn at_most_one_empty_run_per_class_is_kept_over_all_shards() {
+    use pmem_alloc::size_class::{class_of, run_pages};
+    let h = VolatileHeap::anonymous(256 << 20).unwrap();
+    let size = 20 << 10;
+    let l = Layout::from_size_align(size, 8).unwrap();
+    let c = class_of(size).unwrap();
+    let before = h.stats().run_pages;
+    // all alive at once: eight thread ids, so (with consecutive ids) eight shards
+    let together = std::sync::Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                together.wait();
+                let v: Vec<usize> = (0..40).map(|_| h.alloc(l) as usize).collect();
+                assert!(v.iter().all(|&p| p != 0));
+                together.wait();
+                for p in v {
+                    // SAFETY: allocated above with `l`, freed once.
+                    unsafe { h.dealloc(p as *mut u8, l) };
+                }
+            });
+        }
+    });
+    // the threads are done (one may still be running its thread-exit flush: this waits for it)
+    h.core().flush_all_caches();
+    let st = h.stats();
+    assert_eq!(st.in_use, 0, "{st}");
+    assert!(
+        st.run_pages - before <= run_pages(c) as u64,
+        "{} run pages kept for class {c} (one run: {})",
+        st.run_pages - before,
+        run_pages(c)
+    );
+    h.core().check().unwrap();
+}

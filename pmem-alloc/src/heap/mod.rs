@@ -152,7 +152,8 @@ struct Bin {
     partial: u32,
     /// Runs of this class.
     runs: usize,
-    /// Completely free runs kept (at most one; more are returned to the extent allocator).
+    /// Completely free runs kept in this shard (at most one per class over all shards, see
+    /// `HeapCore::empty_kept`; more are returned to the extent allocator).
     empty_runs: usize,
     /// Blocks currently out of runs (in use, or in thread caches).
     blocks_out: u64,
@@ -296,6 +297,10 @@ pub struct HeapCore<P: Persist> {
     /// shard `s` at `c * SHARDS + s` (see [`SHARDS`]). In a mapping of its own, like the other
     /// tables, so that creating a heap does not allocate from the global allocator.
     bins: AnonRegion,
+    /// Per class: completely free runs kept over all shards (0 or 1; changed under the lock of
+    /// the shard that keeps or reuses the run), so sharding does not multiply the memory held
+    /// in empty runs.
+    empty_kept: [AtomicU32; NCLASSES],
     large_live: AtomicUsize,
     registered: std::sync::atomic::AtomicBool,
     /// Punch holes into free extents of at least this many pages (0 = never).
@@ -378,6 +383,7 @@ impl<P: Persist + 'static> HeapCore<P> {
                 dirty_floor: 0,
             }),
             bins,
+            empty_kept: std::array::from_fn(|_| AtomicU32::new(0)),
             large_live: AtomicUsize::new(0),
             registered: std::sync::atomic::AtomicBool::new(false),
             punch_pages: if opts.punch_bytes == 0 {
@@ -924,26 +930,27 @@ impl<P: Persist + 'static> HeapCore<P> {
             } else {
                 (bin.partial != NIL).then_some(bin.partial as usize)
             };
-            let r = match picked {
-                Some(r) => r,
+            let (r, fresh) = match picked {
+                Some(r) => (r, false),
                 None if !create => break,
                 None => match self.alloc_extent(run_pages(c), 1, ExtentKind::Run, c as u8) {
                     Some(r) => {
                         self.init_run(r, c, s);
                         bin.runs += 1;
-                        bin.empty_runs += 1;
                         self.partial_push(&mut bin, r);
-                        r
+                        (r, true)
                     }
                     // out of extents: share a run another thread takes from
-                    None if bin.partial != NIL => bin.partial as usize,
+                    None if bin.partial != NIL => (bin.partial as usize, false),
                     None => break,
                 },
             };
             // SAFETY: `r` is a run head of class `c` in this shard; bin lock held.
             let m = unsafe { self.pm(r) };
-            if m.nfree as usize == run_blocks(c) {
+            if m.nfree as usize == run_blocks(c) && !fresh {
+                // a kept empty run is in use again
                 bin.empty_runs -= 1;
+                self.empty_kept[c].fetch_sub(1, Ordering::Relaxed);
             }
             if self.owner(r).load(Ordering::Relaxed) != owner {
                 for pg in r..r + run_pages(c) {
@@ -1172,12 +1179,16 @@ impl<P: Persist + 'static> HeapCore<P> {
             for pg in r..r + run_pages(c) {
                 self.owner(pg).store(0, Ordering::Relaxed);
             }
-            if bin.empty_runs >= 1 {
+            // keep one empty run per class (over all shards), release the others
+            let keep = self.empty_kept[c]
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+            if keep {
+                bin.empty_runs += 1;
+            } else {
                 self.partial_remove(bin, r);
                 bin.runs -= 1;
                 self.free_extent(r);
-            } else {
-                bin.empty_runs += 1;
             }
         }
     }
