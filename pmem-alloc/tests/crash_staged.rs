@@ -275,29 +275,11 @@ fn crash_during_replay_at_open() {
     assert_eq!(p.open_report().staged_replayed, 6);
     assert_eq!(read_state(&p).unwrap(), expect);
     p.abandon();
-    let rec = m.recording();
-    assert!(rec.fences() >= 2);
-    let r = rec.sweep(
-        Evictions::Random {
-            seed: 13,
-            samples: 20,
-        },
-        |img| {
-            let mut pool = common::open_image(img.bytes)?;
-            let st = read_state(&pool)?;
-            if st != expect {
-                return Err(format!("found ops {}, counters {:?}", st.ops, st.counters));
-            }
-            pool.check().map_err(|e| format!("check: {e}"))?;
-            Ok(())
-        },
-    );
-    common::print_failures("", &r);
-    println!(
-        "crash during replay: {} images over {} crash points, {} failures",
-        r.checked,
-        r.crash_points,
-        r.failures.len()
-    );
-    assert!(r.failures.is_empty());
+    common::sweep_recovering_open("crash during replay", &m, 13, |pool| {
+        let st = read_state(pool)?;
+        if st != expect {
+            return Err(format!("found ops {}, counters {:?}", st.ops, st.counters));
+        }
+        Ok(())
+    });
 }

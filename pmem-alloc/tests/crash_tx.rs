@@ -317,29 +317,11 @@ fn crash_during_rollback_at_open() {
     assert_eq!(p.open_report().tx_rolled_back, 1);
     assert_eq!(read_state(&p).unwrap(), before);
     p.abandon();
-    let rec = m.recording();
-    assert!(rec.fences() >= 2);
-    let r = rec.sweep(
-        Evictions::Random {
-            seed: 11,
-            samples: 20,
-        },
-        |img| {
-            let mut pool = common::open_image(img.bytes)?;
-            let st = read_state(&pool)?;
-            if st != before {
-                return Err(format!("found txn {}, counters {:?}", st.txn, st.counters));
-            }
-            pool.check().map_err(|e| format!("check: {e}"))?;
-            Ok(())
-        },
-    );
-    common::print_failures("", &r);
-    println!(
-        "crash during rollback: {} images over {} crash points, {} failures",
-        r.checked,
-        r.crash_points,
-        r.failures.len()
-    );
-    assert!(r.failures.is_empty());
+    common::sweep_recovering_open("crash during rollback", &m, 11, |pool| {
+        let st = read_state(pool)?;
+        if st != before {
+            return Err(format!("found txn {}, counters {:?}", st.txn, st.counters));
+        }
+        Ok(())
+    });
 }

@@ -18,11 +18,8 @@
 mod atomic {
     pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 }
-fn yield_now() {
-    loom::thread::yield_now();
-}
-/// Under loom a spin is a yield (loom must see the thread give way).
-fn spin_hint() {
+/// Under loom every wait step is a yield (loom must see the thread give way).
+fn backoff(_spins: &mut u32) {
     loom::thread::yield_now();
 }
 #[path = "../src/sync/gate.rs"]

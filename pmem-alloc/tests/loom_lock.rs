@@ -13,11 +13,8 @@ macro_rules! maybe_const_fn {
     ($(#[$m:meta])* $vis:vis fn $($rest:tt)*) => { $(#[$m])* $vis fn $($rest)* };
 }
 use maybe_const_fn;
-fn yield_now() {
-    loom::thread::yield_now();
-}
-/// Under loom a spin is a yield (loom must see the thread give way).
-fn spin_hint() {
+/// Under loom every wait step is a yield (loom must see the thread give way).
+fn backoff(_spins: &mut u32) {
     loom::thread::yield_now();
 }
 fn model<F: Fn() + Sync + Send + 'static>(f: F) {

@@ -11,6 +11,28 @@ fn file_heap(dir: &std::path::Path, size: u64) -> VolatileHeap {
     VolatileHeap::builder().dir(dir).size(size).build().unwrap()
 }
 
+/// An anonymous heap of `size` bytes that may grow to `max` bytes.
+fn anon_heap(size: u64, max: u64) -> VolatileHeap {
+    VolatileHeap::builder()
+        .anonymous()
+        .size(size)
+        .max_size(max)
+        .build()
+        .unwrap()
+}
+
+/// Allocates blocks of `l` until the heap refuses; returns their addresses.
+fn alloc_until_full(h: &VolatileHeap, l: Layout) -> Vec<usize> {
+    let mut v = Vec::new();
+    loop {
+        let p = h.alloc(l);
+        if p.is_null() {
+            return v;
+        }
+        v.push(p as usize);
+    }
+}
+
 #[test]
 fn collections_live_in_the_heap_and_several_heaps_coexist() {
     let d = tempfile::tempdir().unwrap();
@@ -145,12 +167,7 @@ fn large_frees_return_space_to_the_file_system() {
 
 #[test]
 fn the_heap_grows_on_demand() {
-    let h = VolatileHeap::builder()
-        .anonymous()
-        .size(1 << 20)
-        .max_size(512 << 20)
-        .build()
-        .unwrap();
+    let h = anon_heap(1 << 20, 512 << 20);
     let l = Layout::from_size_align(1 << 20, 16).unwrap();
     let v: Vec<_> = (0..100).map(|_| h.alloc(l)).collect();
     assert!(v.iter().all(|p| !p.is_null()));
@@ -402,25 +419,13 @@ fn live_threads_do_not_share_cache_lines() {
 /// one case in eight, this passes without crossing shards.)
 #[test]
 fn a_full_heap_serves_a_thread_from_blocks_freed_in_another_threads_shard() {
-    let h = VolatileHeap::builder()
-        .anonymous()
-        .size(4 << 20)
-        .max_size(4 << 20)
-        .build()
-        .unwrap();
+    let h = anon_heap(4 << 20, 4 << 20);
     let l = Layout::from_size_align(64, 8).unwrap();
     let filled = std::sync::Barrier::new(2);
     let done = std::sync::Barrier::new(2);
     let (freed, got) = std::thread::scope(|s| {
         let a = s.spawn(|| {
-            let mut v = Vec::new();
-            loop {
-                let p = h.alloc(l);
-                if p.is_null() {
-                    break;
-                }
-                v.push(p as usize);
-            }
+            let v = alloc_until_full(&h, l);
             let mut freed = 0;
             for (i, &p) in v.iter().enumerate() {
                 if i % 2 == 0 {
@@ -442,14 +447,7 @@ fn a_full_heap_serves_a_thread_from_blocks_freed_in_another_threads_shard() {
         });
         let b = s.spawn(|| {
             filled.wait();
-            let mut v = Vec::new();
-            loop {
-                let p = h.alloc(l);
-                if p.is_null() {
-                    break;
-                }
-                v.push(p as usize);
-            }
+            let v = alloc_until_full(&h, l);
             done.wait();
             for &p in &v {
                 // SAFETY: allocated above with `l`, freed once.

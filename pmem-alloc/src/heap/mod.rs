@@ -152,9 +152,6 @@ struct Bin {
     partial: u32,
     /// Runs of this class.
     runs: usize,
-    /// Completely free runs kept in this shard (at most one per class over all shards, see
-    /// `HeapCore::empty_kept`; more are returned to the extent allocator).
-    empty_runs: usize,
     /// Blocks currently out of runs (in use, or in thread caches).
     blocks_out: u64,
 }
@@ -355,7 +352,6 @@ impl<P: Persist + 'static> HeapCore<P> {
             let bin = Padded(Locked::new(Bin {
                 partial: NIL,
                 runs: 0,
-                empty_runs: 0,
                 blocks_out: 0,
             }));
             // SAFETY: the mapping holds `NCLASSES * SHARDS` entries, page aligned (so aligned
@@ -949,7 +945,6 @@ impl<P: Persist + 'static> HeapCore<P> {
             let m = unsafe { self.pm(r) };
             if m.nfree as usize == run_blocks(c) && !fresh {
                 // a kept empty run is in use again
-                bin.empty_runs -= 1;
                 self.empty_kept[c].fetch_sub(1, Ordering::Relaxed);
             }
             if self.owner(r).load(Ordering::Relaxed) != owner {
@@ -1183,9 +1178,7 @@ impl<P: Persist + 'static> HeapCore<P> {
             let keep = self.empty_kept[c]
                 .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
-            if keep {
-                bin.empty_runs += 1;
-            } else {
+            if !keep {
                 self.partial_remove(bin, r);
                 bin.runs -= 1;
                 self.free_extent(r);

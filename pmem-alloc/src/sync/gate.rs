@@ -98,12 +98,7 @@ impl WriteGate {
             };
             let mut spins = 0u32;
             while f.0.load(Ordering::Acquire) {
-                spins += 1;
-                if spins < 64 {
-                    super::spin_hint();
-                } else {
-                    super::yield_now();
-                }
+                super::backoff(&mut spins);
             }
         }
     }
@@ -172,12 +167,7 @@ impl RangeLocks {
                     }
                 }
             }
-            spins += 1;
-            if spins < 64 {
-                super::spin_hint();
-            } else {
-                super::yield_now();
-            }
+            super::backoff(&mut spins);
             cur = self.held.load(Ordering::Relaxed);
         }
     }

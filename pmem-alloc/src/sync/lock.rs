@@ -40,12 +40,7 @@ impl RawLock {
         let mut spins = 0u32;
         loop {
             while self.locked.load(Ordering::Relaxed) {
-                if spins < 64 {
-                    super::spin_hint();
-                    spins += 1;
-                } else {
-                    super::yield_now();
-                }
+                super::backoff(&mut spins);
             }
             if self
                 .locked

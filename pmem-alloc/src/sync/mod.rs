@@ -1,5 +1,5 @@
 //! Synchronisation for the engine. The lock lives in `lock.rs` and the staged-write gate in
-//! `gate.rs`, both written against `atomic`, `spin_hint` and `yield_now` from this module so
+//! `gate.rs`, both written against `atomic` and `backoff` from this module so
 //! that the loom tests can compile them against loom.
 
 pub(crate) mod atomic {
@@ -18,12 +18,15 @@ macro_rules! maybe_const_fn {
 }
 use maybe_const_fn;
 
-fn spin_hint() {
-    std::hint::spin_loop();
-}
-
-fn yield_now() {
-    std::thread::yield_now();
+/// One step of waiting for another thread: a spin hint for the first 64 steps, then a yield of
+/// the CPU (the loom builds of `lock.rs` and `gate.rs` define this as a yield).
+fn backoff(spins: &mut u32) {
+    if *spins < 64 {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
 }
 
 mod gate;

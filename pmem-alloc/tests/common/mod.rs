@@ -53,6 +53,37 @@ pub(crate) fn tally(seed: u64, r: &SweepReport) -> (usize, usize) {
     (r.checked, r.failures.len())
 }
 
+/// A crash during recovery: `media` recorded an open that recovered something (rolled back or
+/// replayed); every crash point of that open, with 20 random eviction variants each (eviction
+/// seed `seed`), is opened again and must pass `verify` and the pool checker. Prints
+/// `"{name}: N images over M crash points, K failures"` and asserts that nothing failed.
+pub(crate) fn sweep_recovering_open(
+    name: &str,
+    media: &SimMedia,
+    seed: u64,
+    verify: impl Fn(&SimPool) -> Result<(), String>,
+) {
+    let rec = media.recording();
+    assert!(
+        rec.fences() >= 2,
+        "the recovering open made no durable change"
+    );
+    let r = rec.sweep(Evictions::Random { seed, samples: 20 }, |img| {
+        let mut pool = open_image(img.bytes)?;
+        verify(&pool)?;
+        pool.check().map_err(|e| format!("check: {e}"))?;
+        Ok(())
+    });
+    print_failures("", &r);
+    println!(
+        "{name}: {} images over {} crash points, {} failures",
+        r.checked,
+        r.crash_points,
+        r.failures.len()
+    );
+    assert!(r.failures.is_empty());
+}
+
 /// The heavy sweep: seeds 1 to 4, each without evictions and then with `samples` random
 /// eviction variants per crash point (eviction seed `seed * seed_factor`). Prints
 /// `"{name}: N crash images checked, M failures"`, then asserts that nothing failed and that
