@@ -222,22 +222,9 @@ fn sweep(seed: u64, attempts: usize, ev: Evictions) -> (usize, usize) {
 /// For every `cargo test` run: one seed, strict and with a few eviction samples.
 #[test]
 fn crash_sweep_staged_quick() {
-    let (c1, f1) = sweep(5, 60, Evictions::None);
-    let (c2, f2) = sweep(
-        5,
-        60,
-        Evictions::Random {
-            seed: 9,
-            samples: 3,
-        },
-    );
-    println!(
-        "staged crash sweep (quick): {} crash images checked, {} failures",
-        c1 + c2,
-        f1 + f2
-    );
-    assert!(c1 > 60, "only {c1} crash points");
-    assert_eq!(f1 + f2, 0);
+    common::quick_sweep("staged crash sweep (quick)", 5, 9, 60, |seed, ev| {
+        sweep(seed, 60, ev)
+    });
 }
 
 #[test]

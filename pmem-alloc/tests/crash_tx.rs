@@ -257,22 +257,9 @@ fn sweep(seed: u64, attempts: usize, ev: Evictions) -> (usize, usize) {
 /// For every `cargo test` run: one seed, strict and with a few eviction samples.
 #[test]
 fn crash_sweep_tx_quick() {
-    let (c1, f1) = sweep(7, 40, Evictions::None);
-    let (c2, f2) = sweep(
-        7,
-        40,
-        Evictions::Random {
-            seed: 3,
-            samples: 3,
-        },
-    );
-    println!(
-        "tx crash sweep (quick): {} crash images checked, {} failures",
-        c1 + c2,
-        f1 + f2
-    );
-    assert!(c1 > 100, "only {c1} crash points");
-    assert_eq!(f1 + f2, 0);
+    common::quick_sweep("tx crash sweep (quick)", 7, 3, 100, |seed, ev| {
+        sweep(seed, 40, ev)
+    });
 }
 
 #[test]

@@ -84,6 +84,34 @@ pub(crate) fn sweep_recovering_open(
     assert!(r.failures.is_empty());
 }
 
+/// The quick sweep of every `cargo test` run: seed `seed` without evictions, then with three
+/// random eviction variants per crash point (eviction seed `ev_seed`). Prints
+/// `"{name}: N crash images checked, M failures"`, then asserts that nothing failed and that
+/// the run without evictions had more than `min_points` crash points.
+pub(crate) fn quick_sweep(
+    name: &str,
+    seed: u64,
+    ev_seed: u64,
+    min_points: usize,
+    mut sweep: impl FnMut(u64, Evictions) -> (usize, usize),
+) {
+    let (c1, f1) = sweep(seed, Evictions::None);
+    let (c2, f2) = sweep(
+        seed,
+        Evictions::Random {
+            seed: ev_seed,
+            samples: 3,
+        },
+    );
+    println!(
+        "{name}: {} crash images checked, {} failures",
+        c1 + c2,
+        f1 + f2
+    );
+    assert!(c1 > min_points, "only {c1} crash points");
+    assert_eq!(f1 + f2, 0);
+}
+
 /// The heavy sweep: seeds 1 to 4, each without evictions and then with `samples` random
 /// eviction variants per crash point (eviction seed `seed * seed_factor`). Prints
 /// `"{name}: N crash images checked, M failures"`, then asserts that nothing failed and that
