@@ -108,12 +108,28 @@ pub static RUN_PAGES: [u16; NCLASSES] = build_pages();
 const _: () = assert!(class_size_const(NCLASSES - 1) == MAX_SMALL);
 const _: () = assert!(class_size_const(7) == 128 && class_size_const(8) == 144);
 
-/// Lookup table for sizes up to 1024 in 16-byte steps.
-static SMALL_LUT: [u8; 65] = {
-    let mut t = [0u8; 65];
+/// Entries of [`CLASS_LUT`] for sizes up to 1024 (16-byte steps, index `ceil(size / 16)`).
+const LUT_FINE: usize = 65;
+/// [`CLASS_LUT`] index of a size above 1024 is `ceil(size / 128) + LUT_COARSE_BIAS` (every
+/// class above 1024 is a multiple of 128, so rounding up to 128 keeps the class).
+const LUT_COARSE_BIAS: usize = LUT_FINE - 1 - 1024 / 128;
+/// Entries of [`CLASS_LUT`].
+const LUT_LEN: usize = MAX_SMALL / 128 + LUT_COARSE_BIAS + 1;
+
+/// The class of every small size, without a branch on the size: 16-byte steps up to 1024,
+/// then 128-byte steps up to [`MAX_SMALL`]. (A branch between a table and a formula costs a
+/// misprediction per call when sizes on both sides are mixed at random.)
+static CLASS_LUT: [u8; LUT_LEN] = {
+    let mut t = [0u8; LUT_LEN];
     let mut i = 0;
-    while i <= 64 {
-        let size = if i == 0 { 1 } else { i * 16 };
+    while i < LUT_LEN {
+        let size = if i == 0 {
+            1
+        } else if i < LUT_FINE {
+            i * 16
+        } else {
+            (i - LUT_COARSE_BIAS) * 128
+        };
         // linear search at compile time
         let mut c = 0;
         while class_size_const(c) < size {
@@ -124,6 +140,9 @@ static SMALL_LUT: [u8; 65] = {
     }
     t
 };
+
+const _: () = assert!(LUT_COARSE_BIAS + 1024 / 128 + 1 == LUT_FINE);
+const _: () = assert!(class_size_const(8 + 3 * 8) == 1024 + 128);
 
 /// The class for a request of `size` bytes (`size <= MAX_SMALL`), or `None` for large.
 ///
@@ -136,19 +155,14 @@ static SMALL_LUT: [u8; 65] = {
 /// ```
 #[inline]
 pub fn class_of(size: usize) -> Option<usize> {
-    if size <= 1024 {
-        return Some(SMALL_LUT[size.div_ceil(16)] as usize);
-    }
     if size > MAX_SMALL {
         return None;
     }
-    // size in (2^k, 2^(k+1)] with k >= 10: group g = k - 7, step 16 << g
-    let k = usize::BITS - 1 - (size - 1).leading_zeros(); // floor(log2(size - 1))
-    let g = k as usize - 7;
-    let base = 128usize << g;
-    let step = 16usize << g;
-    let i = (size - base).div_ceil(step); // 1..=8
-    Some(8 + g * 8 + i - 1)
+    let fine = size.div_ceil(16);
+    let coarse = size.div_ceil(128) + LUT_COARSE_BIAS;
+    // a select, not a branch: both indexes are computed
+    let i = if size <= 1024 { fine } else { coarse };
+    Some(CLASS_LUT[i] as usize)
 }
 
 /// The smallest class of at least `size` bytes whose blocks are `align`-aligned (for
@@ -220,6 +234,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_table_ends_at_the_largest_small_size() {
+        assert_eq!(class_of(MAX_SMALL), Some(NCLASSES - 1));
+        assert_eq!(class_of(MAX_SMALL + 1), None);
+        assert_eq!(class_of(usize::MAX), None);
+        // both sides of the fine/coarse seam
+        assert_eq!(class_size(class_of(1024).unwrap()), 1024);
+        assert_eq!(class_size(class_of(1025).unwrap()), 1152);
     }
 
     #[test]
