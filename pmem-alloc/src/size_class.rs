@@ -108,30 +108,19 @@ pub static RUN_PAGES: [u16; NCLASSES] = build_pages();
 const _: () = assert!(class_size_const(NCLASSES - 1) == MAX_SMALL);
 const _: () = assert!(class_size_const(7) == 128 && class_size_const(8) == 144);
 
-/// Entries of [`CLASS_LUT`] for sizes up to 1024 (16-byte steps, index `ceil(size / 16)`).
-const LUT_FINE: usize = 65;
-/// [`CLASS_LUT`] index of a size above 1024 is `ceil(size / 128) + LUT_COARSE_BIAS` (every
-/// class above 1024 is a multiple of 128, so rounding up to 128 keeps the class).
-const LUT_COARSE_BIAS: usize = LUT_FINE - 1 - 1024 / 128;
-/// Entries of [`CLASS_LUT`].
-const LUT_LEN: usize = MAX_SMALL / 128 + LUT_COARSE_BIAS + 1;
+/// Entries of [`CLASS_LUT`]: one per 16 bytes up to [`MAX_SMALL`].
+const LUT_LEN: usize = MAX_SMALL / 16 + 1;
 
-/// The class of every small size, without a branch on the size: 16-byte steps up to 1024,
-/// then 128-byte steps up to [`MAX_SMALL`]. (A branch between a table and a formula costs a
-/// misprediction per call when sizes on both sides are mixed at random.)
+/// The class of every small size, index `ceil(size / 16)` (every class is a multiple of 16, so
+/// rounding up to 16 keeps the class): one load, no branch on the size. A branch between a
+/// table and a formula costs a misprediction per call when sizes on both sides are mixed at
+/// random.
 static CLASS_LUT: [u8; LUT_LEN] = {
     let mut t = [0u8; LUT_LEN];
     let mut i = 0;
+    let mut c = 0;
     while i < LUT_LEN {
-        let size = if i == 0 {
-            1
-        } else if i < LUT_FINE {
-            i * 16
-        } else {
-            (i - LUT_COARSE_BIAS) * 128
-        };
-        // linear search at compile time
-        let mut c = 0;
+        let size = if i == 0 { 1 } else { i * 16 };
         while class_size_const(c) < size {
             c += 1;
         }
@@ -140,9 +129,6 @@ static CLASS_LUT: [u8; LUT_LEN] = {
     }
     t
 };
-
-const _: () = assert!(LUT_COARSE_BIAS + 1024 / 128 + 1 == LUT_FINE);
-const _: () = assert!(class_size_const(8 + 3 * 8) == 1024 + 128);
 
 /// The class for a request of `size` bytes (`size <= MAX_SMALL`), or `None` for large.
 ///
@@ -158,21 +144,19 @@ pub fn class_of(size: usize) -> Option<usize> {
     if size > MAX_SMALL {
         return None;
     }
-    let fine = size.div_ceil(16);
-    let coarse = size.div_ceil(128) + LUT_COARSE_BIAS;
-    // a select, not a branch: both indexes are computed
-    let i = if size <= 1024 { fine } else { coarse };
-    Some(CLASS_LUT[i] as usize)
+    // SAFETY: `size <= MAX_SMALL`, so the index is at most `MAX_SMALL / 16 < LUT_LEN`.
+    Some(unsafe { *CLASS_LUT.get_unchecked(size.div_ceil(16)) } as usize)
 }
 
 /// The smallest class of at least `size` bytes whose blocks are `align`-aligned (for
 /// `align <= PAGE`; runs start page aligned, so a class that is a multiple of `align` works).
 #[inline]
 pub fn class_for_layout(size: usize, align: usize) -> Option<usize> {
-    let mut c = class_of(size.max(align.min(MAX_SMALL)))?;
     if align <= 16 {
-        return Some(c);
+        // every class is a multiple of 16 (and size 0 maps to the smallest class)
+        return class_of(size);
     }
+    let mut c = class_of(size.max(align.min(MAX_SMALL)))?;
     if align > PAGE {
         return None;
     }
@@ -241,7 +225,8 @@ mod tests {
         assert_eq!(class_of(MAX_SMALL), Some(NCLASSES - 1));
         assert_eq!(class_of(MAX_SMALL + 1), None);
         assert_eq!(class_of(usize::MAX), None);
-        // both sides of the fine/coarse seam
+        assert_eq!(class_of(0), Some(0));
+        assert_eq!(class_for_layout(0, 8), Some(0));
         assert_eq!(class_size(class_of(1024).unwrap()), 1024);
         assert_eq!(class_size(class_of(1025).unwrap()), 1152);
     }

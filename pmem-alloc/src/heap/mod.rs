@@ -1191,7 +1191,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
     #[inline]
     pub fn alloc(&self, size: usize, align: usize) -> *mut u8 {
-        match size_class::class_for_layout(size.max(1), align) {
+        match size_class::class_for_layout(size, align) {
             // SAFETY: the size-class table only yields classes below NCLASSES.
             Some(c) => unsafe { self.alloc_class(c) },
             None => self.alloc_large(size.max(1), align),
@@ -1255,7 +1255,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     /// Like [`HeapCore::alloc`], zero-filled. Memory known to be zero (fresh or hole-punched
     /// extents) is not written again.
     pub fn alloc_zeroed(&self, size: usize, align: usize) -> *mut u8 {
-        match size_class::class_for_layout(size.max(1), align) {
+        match size_class::class_for_layout(size, align) {
             Some(c) => {
                 // SAFETY: the size-class table only yields classes below NCLASSES.
                 let p = unsafe { self.alloc_class(c) };
@@ -1289,7 +1289,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     /// `p` must have been returned by this heap for the same `size`/`align` and not freed.
     #[inline]
     pub unsafe fn free_sized(&self, p: *mut u8, size: usize, align: usize) {
-        match size_class::class_for_layout(size.max(1), align) {
+        match size_class::class_for_layout(size, align) {
             // SAFETY: the size-class table only yields classes below NCLASSES; `p` is a live
             // block of that class (the caller's contract).
             Some(c) => unsafe { self.free_class(p, c) },
