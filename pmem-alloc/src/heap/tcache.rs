@@ -60,6 +60,9 @@ pub(crate) struct TCache {
     cap: [AtomicU32; NCLASSES],
     /// Per class: remote frees buffered in `remote` (see [`TCache::push_remote`]).
     rcount: [AtomicU32; NCLASSES],
+    /// Per class: the block on top of the stack (`slots[count - 1]` while `count > 0`), so
+    /// that a pop has its block after one load of this small, always cached table.
+    top: [UnsafeCell<*mut u8>; NCLASSES],
     slots: [UnsafeCell<[*mut u8; MAX_CAP]>; NCLASSES],
     remote: [UnsafeCell<[*mut u8; REMOTE_CAP]>; NCLASSES],
 }
@@ -73,16 +76,22 @@ impl TCache {
     pub(crate) unsafe fn pop(&self, c: usize) -> Option<*mut u8> {
         debug_assert!(c < NCLASSES);
         // SAFETY: `c < NCLASSES` (the caller's contract).
-        let count = unsafe { self.count.get_unchecked(c) };
+        let (count, top) = unsafe { (self.count.get_unchecked(c), self.top.get_unchecked(c)) };
         let n = count.load(Ordering::Relaxed);
         if n == 0 {
             return None;
         }
         count.store(n - 1, Ordering::Relaxed);
-        debug_assert!(n as usize <= MAX_CAP);
-        // SAFETY: only the owning thread touches the slots (module invariant); `c < NCLASSES`
-        // and `n - 1 < cap <= MAX_CAP` (counts never exceed the capacity).
-        Some(unsafe { *(*self.slots.get_unchecked(c).get()).get_unchecked((n - 1) as usize) })
+        // SAFETY: only the owning thread touches the cache (module invariant); `c < NCLASSES`;
+        // the index is below `MAX_CAP` (masked). It is `n - 2`, the new top, when `n >= 2`; when
+        // `n == 1` it reads a stale slot, never used: the count is 0 then.
+        unsafe {
+            let p = *top.get();
+            debug_assert_eq!(p, (*self.slots[c].get())[n as usize - 1]);
+            let s = &*self.slots.get_unchecked(c).get();
+            *top.get() = *s.get_unchecked((n as usize).wrapping_sub(2) & (MAX_CAP - 1));
+            Some(p)
+        }
     }
 
     /// The current capacity of class `c` (set to the initial [`cap`] on first use).
@@ -130,7 +139,10 @@ impl TCache {
         }
         debug_assert!((n as usize) < MAX_CAP);
         // SAFETY: owner-only access; `c < NCLASSES` and `n < cap <= MAX_CAP`.
-        unsafe { *(*self.slots.get_unchecked(c).get()).get_unchecked_mut(n as usize) = p };
+        unsafe {
+            *(*self.slots.get_unchecked(c).get()).get_unchecked_mut(n as usize) = p;
+            *self.top.get_unchecked(c).get() = p;
+        }
         count.store(n + 1, Ordering::Relaxed);
         true
     }
@@ -181,6 +193,10 @@ impl TCache {
             return None;
         }
         s[..got].reverse();
+        if got >= 2 {
+            // SAFETY: owner-only access.
+            unsafe { *self.top[c].get() = s[got - 2] };
+        }
         self.count[c].store((got - 1) as u32, Ordering::Relaxed);
         Some(s[got - 1])
     }
