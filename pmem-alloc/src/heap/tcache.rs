@@ -567,3 +567,88 @@ extern "C" fn fork_child() {
     }
     release_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeroed_cache() -> Box<TCache> {
+        let layout = std::alloc::Layout::new::<TCache>();
+        // SAFETY: a non-zero size; all-zero bytes are an empty `TCache` (atomics, null
+        // pointers), and the box frees it with the same layout.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout).cast::<TCache>();
+            assert!(!p.is_null());
+            Box::from_raw(p)
+        }
+    }
+
+    /// The cache against a `Vec` model: pops come back in LIFO order through pushes, refills
+    /// and drains, so the cached top always equals the top slot. The cache never reads or
+    /// writes the blocks, so the "blocks" here are made-up addresses.
+    #[test]
+    fn pops_follow_a_stack_model_through_refills_and_drains() {
+        let tc = zeroed_cache();
+        let c = 5;
+        assert!(tc.grow(c)); // the initial capacity
+        let mut model: Vec<*mut u8> = Vec::new();
+        let mut next = 0x10_0000usize;
+        let mut fresh = |n: usize| -> Vec<*mut u8> {
+            (0..n)
+                .map(|_| {
+                    next += 16;
+                    next as *mut u8
+                })
+                .collect()
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 8 {
+                // pop (refill when empty)
+                0..=3 => {
+                    // SAFETY: `c < NCLASSES`.
+                    match unsafe { tc.pop(c) } {
+                        Some(p) => assert_eq!(Some(p), model.pop(), "step {step}"),
+                        None => {
+                            assert!(model.is_empty(), "step {step}");
+                            let want = 1 + (x >> 8) as usize % 40;
+                            let blocks = fresh(want);
+                            let got = tc.refill_with(c, want, |out| {
+                                out.copy_from_slice(&blocks[..out.len()]);
+                                out.len()
+                            });
+                            // the lowest address is returned, later pops go on upwards
+                            assert_eq!(got, Some(blocks[0]));
+                            model.extend(blocks[1..].iter().rev());
+                        }
+                    }
+                }
+                // push (drain the older half when full)
+                4..=6 => {
+                    let p = fresh(1)[0];
+                    // SAFETY: `c < NCLASSES`.
+                    if !unsafe { tc.push(c, p) } {
+                        let half = tc.capacity(c) / 2;
+                        let mut given = Vec::new();
+                        assert_eq!(tc.drain_with(c, half, |b| given.extend_from_slice(b)), half);
+                        assert_eq!(given, model.drain(..half).collect::<Vec<_>>());
+                        // SAFETY: as above.
+                        assert!(unsafe { tc.push(c, p) });
+                    }
+                    model.push(p);
+                }
+                // drain a few of the oldest
+                _ => {
+                    let k = (x >> 8) as usize % 5;
+                    let mut given = Vec::new();
+                    let n = tc.drain_with(c, k, |b| given.extend_from_slice(b));
+                    assert_eq!(n, k.min(model.len()));
+                    assert_eq!(given, model.drain(..n).collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+}
