@@ -40,8 +40,9 @@
 //!
 //! # Locks
 //! Order: bin lock, then extent lock; the thread registry lock is outermost. At most one bin
-//! lock is held at a time (a shard out of memory takes from the others one after the other). No lock is held
-//! while calling user code, and nothing here allocates from the global allocator.
+//! lock is held at a time (a shard out of memory takes from the others one after the other).
+//! No lock is held while calling user code, and nothing here allocates from the global
+//! allocator.
 
 mod tcache;
 
@@ -890,6 +891,11 @@ impl<P: Persist + 'static> HeapCore<P> {
         }
     }
 
+    /// Every bin, class by class (the fork handlers take and release them all).
+    fn all_bins(&self) -> impl Iterator<Item = &Locked<Bin>> {
+        (0..NCLASSES * SHARDS).map(|i| self.bin(i / SHARDS, i % SHARDS))
+    }
+
     /// Takes up to `want` blocks of class `c` from the bins into `out`, creating runs as needed.
     /// Returns the number taken (0 = out of memory).
     /// `owner` (the taking thread's id, 0 for none) chooses the shard and becomes the owner hint
@@ -1085,7 +1091,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     }
 
     /// Returns blocks of class `c` to their runs; releases runs that become empty (keeping one
-    /// per shard). Each block goes back under the lock of its run's shard. Consecutive blocks of
+    /// per class over all shards). Each block goes back under the lock of its run's shard. Consecutive blocks of
     /// one run (the usual case: caches hand blocks back in the order they took them) are
     /// gathered first: one write per bitmap word and one count update per run, instead of a
     /// chain of read-modify-writes of the same words per block.
@@ -1155,8 +1161,8 @@ impl<P: Persist + 'static> HeapCore<P> {
     }
 
     /// Counts `k` blocks back into run `r` of class `c` (its bits already cleared): the run
-    /// joins its bin's partial list if it was full, and is released if it is now empty and the
-    /// bin keeps an empty run already.
+    /// joins its bin's partial list if it was full, and is released if it is now empty and its
+    /// class keeps an empty run already.
     fn blocks_back(&self, bin: &mut Bin, c: usize, r: usize, k: u32) {
         if k == 0 {
             return;
@@ -1528,7 +1534,7 @@ impl<P: Persist + 'static> HeapCore<P> {
     unsafe fn lock_all_erased(heap: usize) {
         // SAFETY: forwarded.
         let h = unsafe { &*(heap as *const Self) };
-        for b in (0..NCLASSES * SHARDS).map(|i| h.bin(i / SHARDS, i % SHARDS)) {
+        for b in h.all_bins() {
             b.raw().lock();
         }
         h.extents.raw().lock();
@@ -1541,7 +1547,7 @@ impl<P: Persist + 'static> HeapCore<P> {
         unsafe {
             let h = &*(heap as *const Self);
             h.extents.raw().unlock();
-            for b in (0..NCLASSES * SHARDS).map(|i| h.bin(i / SHARDS, i % SHARDS)) {
+            for b in h.all_bins() {
                 b.raw().unlock();
             }
         }

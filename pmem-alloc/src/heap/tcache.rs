@@ -91,9 +91,9 @@ impl TCache {
         // the index is below `MAX_CAP` (masked). It is `n - 2`, the new top, when `n >= 2`; when
         // `n == 1` it reads a stale slot, never used: the count is 0 then.
         unsafe {
-            let p = *top.get();
-            debug_assert_eq!(p, (*self.slots[c].get())[n as usize - 1]);
             let s = &*self.slots.get_unchecked(c).get();
+            let p = *top.get();
+            debug_assert_eq!(p, s[n as usize - 1]);
             *top.get() = *s.get_unchecked((n as usize).wrapping_sub(2) & (MAX_CAP - 1));
             Some(p)
         }
@@ -207,7 +207,7 @@ impl TCache {
     }
 
     /// Hands the oldest `k` cached blocks of class `c` (at most all of them) to `give`, then
-    /// drops them from the cache; returns how many.
+    /// drops them from the cache; returns how many. The newest stay, so the cached top does too.
     pub(crate) fn drain_with(&self, c: usize, k: usize, give: impl FnOnce(&[*mut u8])) -> usize {
         let n = self.count[c].load(Ordering::Relaxed) as usize;
         let k = n.min(k);
